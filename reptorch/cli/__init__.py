@@ -1,0 +1,46 @@
+"""The `reptorch` command line: a thin layer that maps flags to library calls.
+
+Each subcommand lives in its own module exposing `register(subparsers)`, which adds its parser and
+sets `func` to a `run(args) -> int`. User mistakes raise `ReptorchError`, printed here as one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from reptorch import __version__
+from reptorch.errors import ReptorchError
+
+# Subcommand modules under reptorch.cli, in the order `--help` lists them.
+SUBCOMMANDS: tuple[str, ...] = ("sine",)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="reptorch",
+        description="Reptile meta-learning: train, evaluate, reproduce the paper.",
+    )
+    parser.add_argument("--version", action="version", version=f"reptorch {__version__}")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in SUBCOMMANDS:
+        importlib.import_module(f"reptorch.cli.{name}").register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ReptorchError as error:
+        print(f"reptorch: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("reptorch: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
