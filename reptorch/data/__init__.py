@@ -1,0 +1,1 @@
+"""Datasets (Omniglot, Mini-ImageNet, class folders, sine) and the N-way task sampler."""
