@@ -1,0 +1,84 @@
+"""`adapt`: k inner optimiser steps on one task, the heart shared by training, evaluation and demo.
+
+theta_0 = phi;  theta_j = step(theta_{j-1}, grad L_{B_j}(theta_{j-1})),  j = 1..k,
+over the task's k mini-batches B_1..B_k in order. Returns theta_k, the optimiser state and the
+per-step losses L_{B_j}(theta_{j-1}).
+
+The gradient comes from an oracle `(params, x, y) -> (loss, grads)`. With a vmapped oracle and a
+leading task dimension on params and batches, the same loop runs T tasks at once (`adapt_batched`):
+the optimiser math is elementwise and broadcasts over tasks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, NamedTuple
+
+import torch
+
+from reptorch import tree
+from reptorch.functional import LossAndGrad
+from reptorch.inner_optim import InnerOptimizer
+from reptorch.tree import Params
+
+
+class AdaptResult(NamedTuple):
+    params: Params  # theta_k
+    state: Any  # the inner optimiser state after k steps
+    losses: torch.Tensor  # (k,) for one task, (T, k) for a batch of tasks
+
+
+def adapt(
+    loss_and_grad: LossAndGrad,
+    params: Params,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    optimizer: InnerOptimizer,
+    state: Any,
+    *,
+    differentiable: bool = False,
+    weight_decay: float = 1.0,
+) -> AdaptResult:
+    """k inner steps, one per mini-batch `(x, y)` of `batches` (e.g. `zip(xs, ys)`), in order.
+
+    First-order mode (default) detaches everything: no autograd graph survives a step, so memory
+    stays flat. `differentiable=True` keeps the graph through every step (second-order MAML; the
+    oracle must then be differentiable, as `FunctionalModel.loss_and_grad` is under `torch.func`).
+    `weight_decay` is the reference's multiplicative rate applied to the weights before each step
+    (1.0: none).
+    """
+    if not differentiable:
+        params = tree.detach(params)
+    losses = []
+    for x, y in batches:
+        if weight_decay != 1.0:
+            params = tree.scale(params, weight_decay)
+        loss, grads = loss_and_grad(params, x, y)
+        if not differentiable:
+            loss, grads = loss.detach(), tree.detach(grads)
+        params, state = optimizer.step(params, grads, state)
+        losses.append(loss)
+    return AdaptResult(params, state, torch.stack(losses) if losses else torch.zeros(0))
+
+
+def adapt_batched(
+    batched_loss_and_grad: LossAndGrad,
+    phi: Params,
+    xs: torch.Tensor,
+    ys: torch.Tensor,
+    optimizer: InnerOptimizer,
+    state: Any,
+    *,
+    weight_decay: float = 1.0,
+) -> AdaptResult:
+    """`adapt` for T tasks at once, every task starting from phi (first-order).
+
+    xs: (T, k, B, ...), ys: (T, k, B). `state` may be shared (no task dimension: it broadcasts, e.g.
+    the carried Adam state) or batched. Returns params and state with a leading task dimension and
+    losses of shape (T, k). Equal, to float tolerance, to a Python loop of `adapt` over the tasks.
+    """
+    params = tree.expand(phi, xs.shape[0])
+    batches = zip(xs.transpose(0, 1), ys.transpose(0, 1), strict=True)
+    result = adapt(
+        batched_loss_and_grad, params, batches, optimizer, state, weight_decay=weight_decay
+    )
+    return result._replace(losses=result.losses.transpose(0, 1))

@@ -1,0 +1,116 @@
+"""What every meta-learning algorithm shares: a model, an inner optimiser and its state policy.
+
+An algorithm maps phi and a meta-batch of tasks to a *meta direction* D in parameter space; the
+outer update (`reptorch.outer`) then moves phi: phi <- phi + eps_t * D (the reference
+interpolation), or hands -D to a `torch.optim` optimiser as a pseudo-gradient. Subclasses define
+only `task_update`, the per-task contribution to D.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import torch
+
+from reptorch import tree
+from reptorch.errors import ConfigError
+from reptorch.functional import FunctionalModel, LossAndGrad
+from reptorch.inner_optim import InnerOptimizer, merge_task_states
+from reptorch.tree import Params
+
+INNER_STATE_POLICIES = ("carry", "reset")
+PARALLEL_MODES = ("vmap", "loop")
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+class MetaStep(NamedTuple):
+    direction: Params  # D: phi <- phi + eps * D
+    inner_state: Any  # the inner optimiser state to carry into the next meta-iteration
+    losses: torch.Tensor  # (T, k) inner losses L_{B_j}(theta_{j-1}) per task and step
+
+
+class TaskUpdate(NamedTuple):
+    update: Params  # this task's contribution to D
+    state: Any  # inner optimiser state after the task
+    losses: torch.Tensor  # (k,) or, batched, (k, T)
+
+
+class MetaAlgorithm:
+    """Runs the tasks of a meta-batch and averages their updates: D = mean_i update_i.
+
+    inner_state policy:
+      - 'carry' (the reference): one inner optimiser state threads through every task of every
+        meta-iteration. In 'loop' mode exactly in sequence; in 'vmap' mode every task of a
+        meta-batch starts from the same state and the mean of their final states is carried on
+        (`merge_task_states`).
+      - 'reset': a fresh inner state for every task.
+    parallel: 'vmap' runs the tasks of a meta-batch at once; 'loop' one after another.
+    """
+
+    name = "base"
+
+    def __init__(
+        self,
+        model: FunctionalModel,
+        inner: InnerOptimizer,
+        *,
+        inner_state: str = "carry",
+        parallel: str = "vmap",
+        weight_decay: float = 1.0,
+        batched_loss_and_grad: LossAndGrad | None = None,
+    ) -> None:
+        if inner_state not in INNER_STATE_POLICIES:
+            raise ConfigError(f"inner state policy {inner_state!r}: choose 'carry' or 'reset'")
+        if parallel not in PARALLEL_MODES:
+            raise ConfigError(f"parallel mode {parallel!r}: choose 'vmap' or 'loop'")
+        self.model = model
+        self.inner = inner
+        self.inner_state_policy = inner_state
+        self.parallel = parallel
+        self.weight_decay = weight_decay
+        self.batched_loss_and_grad = batched_loss_and_grad or model.batched_loss_and_grad()
+
+    @property
+    def carries(self) -> bool:
+        return self.inner_state_policy == "carry"
+
+    def init_inner_state(self, phi: Params) -> Any:
+        return self.inner.init(phi)
+
+    def task_update(
+        self, loss_and_grad: LossAndGrad, phi: Params, batches: list[Batch], state: Any
+    ) -> TaskUpdate:
+        """One task's contribution to D (or T tasks' at once, given a batched oracle)."""
+        raise NotImplementedError
+
+    def meta_step(
+        self,
+        phi: Params,
+        xs: torch.Tensor,
+        ys: torch.Tensor,
+        inner_state: Any,
+        tail: Batch | None = None,
+    ) -> MetaStep:
+        """xs (T, k, B, ...), ys (T, k, B): the k inner mini-batches of T tasks; `tail`, if given,
+        a last mini-batch per task, (T, M, ...) and (T, M), taken after them (FOMAML's separate
+        tail)."""
+        start = inner_state if self.carries else self.inner.init(phi)
+        if self.parallel == "vmap":
+            batches = list(zip(xs.transpose(0, 1), ys.transpose(0, 1), strict=True))
+            if tail is not None:
+                batches.append(tail)
+            phis = tree.expand(phi, xs.shape[0])
+            result = self.task_update(self.batched_loss_and_grad, phis, batches, start)
+            carried = merge_task_states(result.state) if self.carries else inner_state
+            return MetaStep(tree.batch_mean(result.update), carried, result.losses.T)
+        updates, losses, state = [], [], start
+        for i in range(xs.shape[0]):
+            batches = list(zip(xs[i], ys[i], strict=True))
+            if tail is not None:
+                batches.append((tail[0][i], tail[1][i]))
+            result = self.task_update(self.model.loss_and_grad, phi, batches, state)
+            state = result.state if self.carries else self.inner.init(phi)
+            updates.append(result.update)
+            losses.append(result.losses)
+        carried = state if self.carries else inner_state
+        return MetaStep(tree.mean(updates), carried, torch.stack(losses))

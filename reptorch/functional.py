@@ -1,0 +1,65 @@
+"""Any `nn.Module` as a pure function of its parameters, with BatchNorm in batch-statistics mode.
+
+phi (the meta-learned initialisation) is the dict of the module's parameters. The reference runs
+BatchNorm in training mode in every phase, so running statistics are never used and are not part of
+phi: `use_batch_statistics` removes them from a module's BatchNorm layers, which then always
+normalise with the current batch (and carry no buffer that a vmapped call would mutate).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, grad_and_value, vmap
+
+from reptorch.tree import Params
+
+# (params, inputs, targets) -> (loss, grads); batched oracles take and give a leading task dim.
+LossAndGrad = Callable[[Params, torch.Tensor, torch.Tensor], tuple[torch.Tensor, Params]]
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def use_batch_statistics(module: nn.Module) -> nn.Module:
+    """Makes every BatchNorm layer of `module` normalise with batch statistics, in place."""
+    for layer in module.modules():
+        if isinstance(layer, nn.modules.batchnorm._BatchNorm) and layer.track_running_stats:
+            layer.track_running_stats = False
+            layer.running_mean = None
+            layer.running_var = None
+            layer.num_batches_tracked = None
+    return module
+
+
+class FunctionalModel:
+    """`module` as `f(params, x)`, plus the loss/gradient oracles that `adapt` consumes."""
+
+    def __init__(self, module: nn.Module, loss_fn: LossFn = F.cross_entropy) -> None:
+        self.module = use_batch_statistics(module)
+        self.loss_fn = loss_fn
+        self.buffers = {name: b for name, b in module.named_buffers()}
+
+    def init_params(self) -> Params:
+        """A detached copy of the module's current parameters: the initial phi."""
+        return {name: p.detach().clone() for name, p in self.module.named_parameters()}
+
+    def __call__(self, params: Params, x: torch.Tensor) -> torch.Tensor:
+        return functional_call(self.module, (params, self.buffers), (x,))
+
+    def loss(self, params: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.loss_fn(self(params, x), y)
+
+    def loss_and_grad(self, params: Params, x: torch.Tensor, y: torch.Tensor):
+        """(loss, d loss / d params) for one task; composable with an outer `torch.func.grad`."""
+        grads, loss = grad_and_value(self.loss)(params, x, y)
+        return loss, grads
+
+    def batched_loss_and_grad(self) -> LossAndGrad:
+        """The same oracle over a leading task dimension (each task its own params and batch)."""
+        return vmap(self.loss_and_grad)
+
+    def batched_forward(self) -> Callable[[Params, torch.Tensor], torch.Tensor]:
+        """Logits for T tasks at once: (T-batched params, x (T, B, ...)) -> (T, B, classes)."""
+        return vmap(self.__call__)

@@ -1,0 +1,124 @@
+"""Inner-loop optimisers as pure functions with explicit state: `init(params)`, `step(...)`.
+
+Step for step equal to `torch.optim.SGD` and `torch.optim.Adam` (single-tensor implementation).
+The math is elementwise, so the same `step` serves one task or a batch of tasks carrying a leading
+task dimension; the step counter is a plain int shared by all tasks of a batch.
+
+The reference inner optimiser is Adam with beta1 = 0 (no momentum), beta2 = 0.999, eps = 1e-8.
+(TensorFlow places eps outside the bias correction of the second moment; we follow PyTorch's
+placement, which differs by a factor sqrt(1 - beta2^t) on eps only.)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import NamedTuple, Protocol
+
+import torch
+
+from reptorch import tree
+from reptorch.errors import ConfigError
+from reptorch.tree import Params
+
+
+class SGDState(NamedTuple):
+    step: int
+
+
+class AdamState(NamedTuple):
+    """Adam's moment estimates and step counter t (bias corrections use t)."""
+
+    step: int
+    exp_avg: Params
+    exp_avg_sq: Params
+
+
+class InnerOptimizer(Protocol):
+    lr: float
+
+    def init(self, params: Params): ...
+
+    def step(self, params: Params, grads: Params, state): ...
+
+
+@dataclass(frozen=True)
+class SGD:
+    """theta <- theta - lr * g."""
+
+    lr: float
+
+    def __post_init__(self) -> None:
+        if not self.lr > 0:
+            raise ConfigError(f"SGD learning rate must be positive, got {self.lr}")
+
+    def init(self, params: Params) -> SGDState:
+        return SGDState(step=0)
+
+    def step(self, params: Params, grads: Params, state: SGDState) -> tuple[Params, SGDState]:
+        new = tree.tree_map(lambda p, g: torch.add(p, g, alpha=-self.lr), params, grads)
+        return new, SGDState(step=state.step + 1)
+
+
+@dataclass(frozen=True)
+class Adam:
+    """Adam (Kingma & Ba) with the reference defaults: beta1 = 0, beta2 = 0.999, eps = 1e-8.
+
+    m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) g^2;
+    theta <- theta - lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps).
+    """
+
+    lr: float
+    beta1: float = 0.0
+    beta2: float = 0.999
+    eps: float = 1e-8
+
+    def __post_init__(self) -> None:
+        if not self.lr > 0:
+            raise ConfigError(f"Adam learning rate must be positive, got {self.lr}")
+        if not (0.0 <= self.beta1 < 1.0 and 0.0 <= self.beta2 < 1.0):
+            raise ConfigError(f"Adam betas must lie in [0, 1), got ({self.beta1}, {self.beta2})")
+
+    def init(self, params: Params) -> AdamState:
+        zeros = tree.zeros_like(params)
+        return AdamState(step=0, exp_avg=zeros, exp_avg_sq=tree.zeros_like(params))
+
+    def step(self, params: Params, grads: Params, state: AdamState) -> tuple[Params, AdamState]:
+        t = state.step + 1
+        step_size = self.lr / (1 - self.beta1**t)
+        bias_correction2_sqrt = math.sqrt(1 - self.beta2**t)
+        new_params, exp_avg, exp_avg_sq = {}, {}, {}
+        for name, p in params.items():
+            g = grads[name]
+            m = torch.lerp(state.exp_avg[name], g, 1 - self.beta1)
+            # Same operations, in the same order, as torch.optim.Adam's single-tensor path.
+            v = torch.addcmul(state.exp_avg_sq[name] * self.beta2, g, g, value=1 - self.beta2)
+            denom = v.sqrt() / bias_correction2_sqrt + self.eps
+            new_params[name] = torch.addcdiv(p, m, denom, value=-step_size)
+            exp_avg[name], exp_avg_sq[name] = m, v
+        return new_params, AdamState(step=t, exp_avg=exp_avg, exp_avg_sq=exp_avg_sq)
+
+
+def merge_task_states(state):
+    """The inner state carried out of a meta-batch run in parallel: the mean over tasks.
+
+    The reference threads one Adam state through the tasks in sequence. Run in parallel, every task
+    starts from the same incoming state and ends with its own (a leading task dimension); we carry
+    the mean of the tasks' moment estimates, with the step counter advanced by the k steps each
+    task took (the counter only enters Adam's bias correction, which is ~1 after a few hundred
+    steps).
+    """
+    if isinstance(state, AdamState):
+        return state._replace(
+            exp_avg=tree.batch_mean(state.exp_avg), exp_avg_sq=tree.batch_mean(state.exp_avg_sq)
+        )
+    return state
+
+
+def make_inner_optimizer(name: str, lr: float) -> InnerOptimizer:
+    """'adam' (the reference, beta1 = 0) or 'sgd' (the reference's `--sgd`)."""
+    if name == "adam":
+        return Adam(lr)
+    if name == "sgd":
+        return SGD(lr)
+    raise ConfigError(f"unknown inner optimiser {name!r}: choose 'adam' or 'sgd'")
