@@ -75,13 +75,13 @@ Inventory = dict[str, dict[str, list[ImageSource]]]  # split -> wnid -> images, 
 # Finding the data
 
 
-def _zip_layout(path: Path) -> bool:
-    """True if the zip holds `[top/]{train,val,test}/<wnid>/<image>` entries."""
+def _zip_layout(path: Path) -> bool | None:
+    """True if the zip holds `[top/]{train,val,test}/<wnid>/<image>`, None if it is unreadable."""
     try:
         with zipfile.ZipFile(path) as archive:
             return any(_split_parts(name) is not None for name in archive.namelist())
     except (OSError, ValueError, zipfile.BadZipFile):
-        return False
+        return None
 
 
 def _split_parts(member: str) -> tuple[str, str, str, str] | None:
@@ -93,49 +93,56 @@ def _split_parts(member: str) -> tuple[str, str, str, str] | None:
     return None
 
 
-def _layout_of(directory: Path) -> tuple[str, Path] | None:
-    """The first layout found in `directory` (folders, csv, pickle, zip) and its main path."""
+def _layouts_in(directory: Path, bad_zips: list[Path]) -> list[tuple[str, Path]]:
+    """Every layout found in `directory`, in order of preference, with its main path."""
     if not directory.is_dir():
-        return None
+        return []
+    found: list[tuple[str, Path]] = []
     if any((directory / split).is_dir() for split in SPLITS):
-        return "folders", directory
+        found.append(("folders", directory))
     if (directory / "images").is_dir() and any((directory / f"{s}.csv").is_file() for s in SPLITS):
-        return "csv", directory
+        found.append(("csv", directory))
     if any((directory / PICKLE_NAME.format(split=s)).is_file() for s in SPLITS):
-        return "pickle", directory
+        found.append(("pickle", directory))
     for path in sorted(directory.glob("*.zip")):
-        if _zip_layout(path):
-            return "zip", path
-    return None
+        usable = _zip_layout(path)
+        if usable:
+            found.append(("zip", path))
+            break
+        if usable is None:
+            bad_zips.append(path)
+    return found
 
 
 def locate_miniimagenet(root: Path, layout: str | None = None) -> tuple[str, Path]:
-    """(layout, path): the layout found under `<root>/miniimagenet/`, else `root` itself.
+    """(layout, path): the layout found in `<root>/miniimagenet/`, else in `root` itself.
 
-    `root` may also be a zip file. With `layout` given, only that layout is accepted.
+    `root` may also be a zip file. Where several layouts are present the order of preference is
+    folders, csv, pickle, zip; with `layout` given only that layout is accepted.
     """
     root = Path(root).expanduser()
     if layout is not None and layout not in LAYOUTS:
         raise DataError(f"unknown Mini-ImageNet layout {layout!r}: use one of {', '.join(LAYOUTS)}")
+    bad_zips: list[Path] = []
     if root.is_file() and root.suffix.lower() == ".zip":
-        found: tuple[str, Path] | None = ("zip", root) if _zip_layout(root) else None
         candidates = [root]
+        usable = _zip_layout(root)
+        if usable is None:
+            bad_zips.append(root)
+        found = [("zip", root)] if usable else []
     else:
         candidates = [root / NAME, root]
-        found = None
-        for directory in candidates:
-            found = _layout_of(directory)
-            if found is not None:
-                break
-    if found is None or (layout is not None and found[0] != layout):
-        wanted = layout or "any layout"
-        raise DataError(
-            f"Mini-ImageNet ({wanted}) not found in {' or '.join(str(c) for c in candidates)}: "
-            "expected train/ val/ test/ class folders, images/ + train.csv val.csv test.csv, "
-            "mini-imagenet-cache-{train,val,test}.pkl, or a .zip of the class folders; "
-            "place the data there or pass the folder that holds it"
-        )
-    return found
+        found = [f for directory in candidates for f in _layouts_in(directory, bad_zips)]
+    for item in found:
+        if layout is None or item[0] == layout:
+            return item
+    hint = "".join(f"; {z} is not a readable zip (re-download it)" for z in bad_zips)
+    raise DataError(
+        f"Mini-ImageNet ({layout or 'any layout'}) not found in "
+        f"{' or '.join(str(c) for c in candidates)}: expected train/ val/ test/ class folders, "
+        "images/ + train.csv val.csv test.csv, mini-imagenet-cache-{train,val,test}.pkl, or a "
+        f".zip of the class folders{hint}; place the data there or pass the folder that holds it"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -369,6 +376,10 @@ def _sample(names: list[str], limit: int = 5) -> str:
     return shown + (f", ... {len(names) - limit} more" if len(names) > limit else "")
 
 
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
+
+
 def split_report(split: str, counts: dict[str, int]) -> dict[str, object]:
     """Counts of one split against the Ravi split: what is there, missing, short or unexpected."""
     expected = SPLIT_CLASSES[split]
@@ -377,7 +388,7 @@ def split_report(split: str, counts: dict[str, int]) -> dict[str, object]:
     wrong = {w: n for w, n in sorted(counts.items()) if w in expected and n != IMAGES_PER_CLASS}
     problems = []
     if missing:
-        problems.append(f"{len(missing)} classes missing ({_sample(missing)})")
+        problems.append(f"{_count(len(missing), 'class', 'classes')} missing ({_sample(missing)})")
     if len(wrong) == 1:
         ((wnid, n),) = wrong.items()
         problems.append(f"class {wnid} has {n} of {IMAGES_PER_CLASS} images")
@@ -388,7 +399,8 @@ def split_report(split: str, counts: dict[str, int]) -> dict[str, object]:
         )
     if unexpected:
         problems.append(
-            f"{len(unexpected)} classes not in this split of Ravi's list ({_sample(unexpected)})"
+            f"{_count(len(unexpected), 'class', 'classes')} not in this split of Ravi's list "
+            f"({_sample(unexpected)})"
         )
     return {
         "classes": len(counts),
