@@ -43,6 +43,14 @@ IMAGE_SIZE = 28
 REFERENCE_TRAIN_CLASSES = 1200
 SPLITS = ("reference", "official")
 DOWNLOAD_HINT = "run `reptorch data download omniglot`"
+FORCE_HINT = "run `reptorch data download omniglot --force`"
+
+
+def fetch_hint(directory: Path) -> str:
+    """The command that puts Omniglot into `directory` (a `<root>/omniglot` folder)."""
+    return f"run `reptorch data download omniglot --data-dir {directory.parent}`"
+
+
 _HTML_MARKERS = (b"<!doctype html", b"<html", b"<head", b"<body", b"<?xml")
 
 
@@ -64,8 +72,8 @@ def find_sources(directory: Path) -> OmniglotSources:
     directory = Path(directory)
     if not directory.is_dir():
         raise DataError(
-            f"Omniglot not found: {directory} does not exist; {DOWNLOAD_HINT} "
-            f"--data-dir {directory.parent} (or put images_background.zip and "
+            f"Omniglot not found: {directory} does not exist; {fetch_hint(directory)} "
+            f"(or put images_background.zip and "
             f"images_evaluation.zip there)"
         )
     zips = {part: directory / f"{stem}.zip" for part, stem in PARTS.items()}
@@ -83,7 +91,7 @@ def find_sources(directory: Path) -> OmniglotSources:
         missing = next(PARTS[p] for p in PARTS if p not in paths)
         raise DataError(
             f"{directory} has {', '.join(p.name for p in paths.values())} but not {missing}.zip "
-            f"(or the extracted {missing}/ folder): {DOWNLOAD_HINT} --data-dir {directory.parent}"
+            f"(or the extracted {missing}/ folder): {fetch_hint(directory)}"
         )
     alphabets = [p for p in directory.iterdir() if p.is_dir() and not _hidden(p.name)]
     if alphabets:
@@ -91,7 +99,7 @@ def find_sources(directory: Path) -> OmniglotSources:
     raise DataError(
         f"Omniglot not found in {directory}: expected images_background.zip and "
         f"images_evaluation.zip (or their extracted folders, or <Alphabet>/<character>/*.png); "
-        f"{DOWNLOAD_HINT} --data-dir {directory.parent}"
+        f"{fetch_hint(directory)}"
     )
 
 
@@ -108,14 +116,14 @@ def decode_png(data: bytes, name: str, size: int = IMAGE_SIZE) -> np.ndarray:
     """One Omniglot image as uint8 (size, size), 0 = ink, 255 = background, as the reference."""
     reason = _bad_bytes(data)
     if reason is not None:
-        raise DataError(f"{name} {reason}: re-download Omniglot ({DOWNLOAD_HINT} --force)")
+        raise DataError(f"{name} {reason}: re-download Omniglot ({FORCE_HINT})")
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.load()  # decode now, so a truncated file fails here
             if img.mode != "1":
                 raise DataError(
                     f"{name} has image mode {img.mode!r}, expected 1-bit ('1') as in the "
-                    f"official Omniglot archives: re-download them ({DOWNLOAD_HINT} --force)"
+                    f"official Omniglot archives: re-download them ({FORCE_HINT})"
                 )
             # The reference's exact call: Pillow resizes mode "1" with nearest neighbour.
             pixels = np.asarray(img.resize((size, size)), dtype=bool)
@@ -133,7 +141,7 @@ def _layout_error(where: str, detail: str) -> DataError:
     )
 
 
-def _zip_entries(path: Path) -> tuple[zipfile.ZipFile, list[tuple[str, str, str]]]:
+def zip_entries(path: Path) -> tuple[zipfile.ZipFile, list[tuple[str, str, str]]]:
     """Open an Omniglot zip and list its images as (alphabet, character, member), sorted."""
     try:
         with open(path, "rb") as handle:
@@ -183,7 +191,7 @@ def _zip_entries(path: Path) -> tuple[zipfile.ZipFile, list[tuple[str, str, str]
 
 
 def _zip_images(path: Path, size: int) -> tuple[list[str], list[int], np.ndarray]:
-    archive, entries = _zip_entries(path)
+    archive, entries = zip_entries(path)
     out = np.empty((len(entries), size, size), dtype=np.uint8)
     with archive:
         for i, (_, _, member) in enumerate(entries):
@@ -226,7 +234,7 @@ def _folder_images(folder: Path, size: int) -> tuple[list[str], list[int], np.nd
             if not pngs:
                 raise DataError(
                     f"empty class folder {character}: delete it or re-extract Omniglot "
-                    f"({DOWNLOAD_HINT} --force)"
+                    f"({FORCE_HINT})"
                 )
             keys.extend((alphabet.name, character.name) for _ in pngs)
             files.extend(pngs)
@@ -441,6 +449,61 @@ def load_omniglot(
             more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
             raise DataError(
                 f"incomplete Omniglot in {sources.directory}: {problems[0]}{more}; "
-                f"{DOWNLOAD_HINT} --force, or see `reptorch data check omniglot`"
+                f"{FORCE_HINT}, or see `reptorch data check omniglot`"
             )
     return split_omniglot(parts, split, seed, val_classes, train_classes, rotate)
+
+
+def check_omniglot(
+    data_dir: str | os.PathLike[str] | None = None, cache_dir: Path | None = None
+) -> dict[str, object]:
+    """A summary of the Omniglot found under the data root, for `reptorch data check`.
+
+    Decodes every image once (later served from the cache), so corrupt files are found::
+
+        {"dataset": "omniglot", "path": str, "layout": "zip" | "folders" | "reference" | None,
+         "status": "ok" | "partial" | "missing" | "corrupt",
+         "splits": {part: {"alphabets", "characters", "images", "expected_alphabets",
+                           "expected_characters", "expected_images"}},
+         "totals": {"alphabets", "characters", "images"}, "problems": [str, ...]}
+    """
+    directory = dataset_dir("omniglot", data_dir)
+    summary: dict[str, object] = {
+        "dataset": "omniglot",
+        "path": str(directory),
+        "layout": None,
+        "status": "missing",
+        "splits": {},
+        "totals": {"alphabets": 0, "characters": 0, "images": 0},
+        "problems": [],
+    }
+    try:
+        sources = find_sources(directory)
+    except DataError as err:
+        summary["problems"] = [str(err)]
+        return summary
+    summary["layout"] = sources.layout
+    try:
+        _, parts = load_parts(data_dir, cache_dir)
+    except DataError as err:
+        summary.update(status="corrupt", problems=[str(err)])
+        return summary
+    splits = {}
+    for part, data in parts.items():
+        got, expected = part_counts(data), EXPECTED[part]
+        splits[part] = {
+            **dict(zip(("alphabets", "characters", "images"), got, strict=True)),
+            **{
+                f"expected_{k}": v
+                for k, v in zip(("alphabets", "characters", "images"), expected, strict=True)
+            },
+        }
+    totals = [sum(s[k] for s in splits.values()) for k in ("alphabets", "characters", "images")]
+    problems = verify_parts(parts)
+    summary.update(
+        splits=splits,
+        totals=dict(zip(("alphabets", "characters", "images"), totals, strict=True)),
+        problems=problems,
+        status="partial" if problems else "ok",
+    )
+    return summary

@@ -1,0 +1,116 @@
+"""`reptorch data download|check NAME`: get a dataset into the data root and verify it.
+
+The data root is `--data-dir`, else `$REPTORCH_DATA`, else `~/.cache/reptorch`
+(`reptorch.data.roots`), the same rule training uses, so what `download` installs is what
+`check` and training find.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from reptorch.data.roots import dataset_dir, resolve_data_root
+from reptorch.errors import ConfigError, DataError
+
+DOWNLOADABLE = ("omniglot",)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("data", help="download and check datasets")
+    actions = parser.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    root_help = "data root (default: $REPTORCH_DATA, else ~/.cache/reptorch)"
+
+    download = actions.add_parser("download", help="fetch a dataset into the data root")
+    download.add_argument("name", choices=DOWNLOADABLE + ("miniimagenet",))
+    download.add_argument("--data-dir", help=root_help)
+    download.add_argument("--extract", action="store_true", help="extract the zips (and drop them)")
+    download.add_argument("--force", action="store_true", help="download even if present")
+    download.add_argument("--url", help="base address of the archives (default: the official one)")
+    download.add_argument("--quiet", action="store_true", help="no progress bar")
+    download.set_defaults(func=run_download)
+
+    check = actions.add_parser("check", help="count and verify a dataset's classes and images")
+    check.add_argument("name", help="omniglot, miniimagenet or folder:PATH")
+    check.add_argument("--data-dir", help=root_help)
+    check.add_argument("--json", action="store_true", help="print a JSON summary as last line")
+    check.set_defaults(func=run_check)
+
+
+def run_download(args: argparse.Namespace) -> int:
+    if args.name == "miniimagenet":
+        raise DataError(
+            "Mini-ImageNet cannot be downloaded automatically (ImageNet's terms): put it in "
+            f"{dataset_dir('miniimagenet', args.data_dir).resolve()} (see `reptorch data check "
+            "miniimagenet` for the accepted layouts)"
+        )
+    from reptorch.data.download import download_omniglot
+
+    download_omniglot(
+        dataset_dir("omniglot", args.data_dir),
+        base_url=args.url,
+        extract=args.extract,
+        force=args.force,
+        progress=not args.quiet,
+    )
+    return 0
+
+
+def _summary(name: str, data_dir: str | None) -> dict[str, object]:
+    if name == "omniglot":
+        from reptorch.data.omniglot import check_omniglot
+
+        return check_omniglot(data_dir)
+    if name == "miniimagenet":
+        from reptorch.data.miniimagenet import check_miniimagenet
+
+        return check_miniimagenet(resolve_data_root(data_dir))
+    if name.startswith("folder:"):
+        from reptorch.data.registry import load_splits
+
+        splits = load_splits(name, data_dir)
+        return {
+            "dataset": name,
+            "status": "ok",
+            "splits": {
+                k: {"classes": v.num_classes, "images": len(v), "image_shape": list(v.image_shape)}
+                for k, v in splits.items()
+            },
+            "problems": [],
+        }
+    raise ConfigError(f"unknown dataset {name!r}: use omniglot, miniimagenet or folder:PATH")
+
+
+def _print_report(summary: dict[str, object]) -> None:
+    print(f"{summary['dataset']}: {summary.get('path', '')} (layout: {summary.get('layout')})")
+    for split, counts in summary.get("splits", {}).items():  # type: ignore[union-attr]
+        found = [f"{v} {k}" for k, v in counts.items() if isinstance(v, int) and "_" not in k]
+        expected = [str(v) for k, v in counts.items() if k.startswith("expected_")]
+        tail = f" (expected {' / '.join(expected)})" if expected else ""
+        print(f"  {split}: {', '.join(found)}{tail}")
+    totals = summary.get("totals")
+    if totals:
+        print(f"  total: {', '.join(f'{v} {k}' for k, v in totals.items())}")  # type: ignore[union-attr]
+    for problem in summary.get("problems", []):  # type: ignore[union-attr]
+        print(f"  problem: {problem}")
+    print(f"  status: {summary['status']}")
+
+
+def run_check(args: argparse.Namespace) -> int:
+    summary = _summary(args.name, args.data_dir)
+    problems: list[str] = summary.get("problems", [])  # type: ignore[assignment]
+    if summary["status"] == "missing" and not args.json:
+        raise DataError(problems[0] if problems else f"{args.name} not found")
+    if summary["status"] != "missing":
+        _print_report(summary)
+    if args.json:
+        print(json.dumps(summary, sort_keys=True))
+    if summary["status"] != "ok":
+        first = problems[0] if problems else summary["status"]
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        print(
+            f"reptorch: error: {args.name} is {summary['status']}: {first}{more}", file=sys.stderr
+        )
+        return 1
+    return 0
