@@ -143,9 +143,10 @@ def test_partial_set_rejected_without_option(layout_roots, layout: str, tmp_path
 
 
 def test_partial_cache_never_passes_a_strict_load(layout_roots, tmp_path: Path) -> None:
-    load_miniimagenet(layout_roots["pickle"], allow_partial=True, cache_dir=tmp_path)
+    load_miniimagenet(layout_roots["zip"], allow_partial=True, cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("*.reptorch-cache.npz"))) == 1
     with pytest.raises(DataError, match="incomplete"):
-        load_miniimagenet(layout_roots["pickle"], cache_dir=tmp_path)
+        load_miniimagenet(layout_roots["zip"], cache_dir=tmp_path)
 
 
 def test_cached_load_is_identical(layout_roots, tmp_path: Path) -> None:

@@ -331,15 +331,9 @@ def _sources(layout: str, path: Path) -> list[Path]:
     if layout == "csv":
         csvs = [path / f"{s}.csv" for s in SPLITS if (path / f"{s}.csv").is_file()]
         return [*csvs, path / "images"]
-    if layout == "pickle":
-        return [
-            path / PICKLE_NAME.format(split=s)
-            for s in SPLITS
-            if (path / PICKLE_NAME.format(split=s)).is_file()
-        ]
-    return [
-        path
-    ]  # folders: the dataset folder (a cache file inside train/ would look like a class)
+    # folders: the dataset folder itself, as a cache file inside train/ would look like a class
+    # to other tools; zip: the zip file.
+    return [path]
 
 
 def _builder(
@@ -455,14 +449,14 @@ def load_miniimagenet(
 
     `root` is the data root (holding `miniimagenet/`), the Mini-ImageNet folder itself, or a
     zip of it. Raises DataError if the set is incomplete (unless `allow_partial`; then splits
-    with no class are left out) or a file is corrupt. The decoded arrays are cached (see
-    `reptorch.data.cache`), so only the first load decodes the JPEGs.
+    with no class are left out) or a file is corrupt. Decoded JPEGs are cached (see
+    `reptorch.data.cache`), so only the first load decodes them; pickles are read directly.
     """
     layout, path = locate_miniimagenet(root, layout)
     build, counts = _builder(layout, path, workers)
     if counts is not None:  # fail before decoding when the listing already shows the gap
         _check_counts(counts, layout, path, allow_partial)
-    if use_cache:
+    if use_cache and layout != "pickle":  # pickles already hold decoded arrays: no gain
         params = {"layout": layout, "size": IMAGE_SIZE, "version": CACHE_VERSION}
         splits = cached(NAME, _sources(layout, path), build, cache_dir=cache_dir, params=params)
     else:
