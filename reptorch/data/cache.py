@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import tempfile
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
@@ -47,6 +48,20 @@ def default_cache_dirs(sources: Sequence[Path]) -> list[Path]:
         dirs.append(Path(env).expanduser())
     dirs.append(Path.home() / ".cache" / "reptorch" / "cache")
     return dirs
+
+
+def is_writable_dir(directory: Path) -> bool:
+    """True if `directory` exists, is writable and has a write bit set.
+
+    The write bits are checked as well as `os.access`: root may write anywhere, but a folder
+    whose owner removed every write bit (a shared, read-only data copy) is meant to stay as is.
+    """
+    try:
+        mode = os.stat(directory).st_mode
+    except OSError:
+        return False
+    bits = stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH
+    return stat.S_ISDIR(mode) and bool(mode & bits) and os.access(directory, os.W_OK)
 
 
 def _file_digest(path: Path, size: int) -> str:
@@ -121,6 +136,9 @@ def save_splits(path: Path, key: str, splits: Mapping[str, ImageClassDataset]) -
             np.savez(handle, **arrays)
             handle.flush()
             os.fsync(handle.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide the cache from other users
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -168,6 +186,8 @@ def cached(
             return hit
     splits = build()
     for directory in dirs:
+        if directory.exists() and not is_writable_dir(directory):
+            continue  # a read-only data folder: never write beside the data there
         try:
             save_splits(cache_path(name, sources, directory), key, splits)
             break

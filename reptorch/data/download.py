@@ -22,6 +22,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from reptorch.data.cache import is_writable_dir
 from reptorch.data.omniglot import EXPECTED, PARTS, zip_entries
 from reptorch.errors import DataError
 
@@ -149,12 +150,12 @@ def download_omniglot(
     base = omniglot_base_url(base_url)
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=directory):  # a writable folder, checked before fetching
-            pass
     except OSError as err:
         raise DataError(
-            f"cannot write to {directory} ({err.strerror}): choose another --data-dir"
+            f"cannot create {directory} ({err.strerror}): choose another --data-dir"
         ) from None
+    if not is_writable_dir(directory):
+        raise DataError(f"{directory} is read-only: choose another --data-dir")
     installed: dict[str, Path] = {}
     for part, stem in PARTS.items():
         zip_path, folder = directory / f"{stem}.zip", directory / stem
