@@ -5,17 +5,17 @@ the gradient of the last mini-batch's loss after k - 1 differentiable inner step
 them to phi. To share the outer update with Reptile, the meta direction is
 D = -alpha * mean_i g_MAML,i, the same scale as FOMAML's D = mean_i (W_k - W_{k-1}) = -alpha g_k
 for SGD; an outer optimiser receives -D = alpha * g_MAML as its gradient.
-The inner optimiser state is not carried (each task starts fresh), as in MAML.
+Every task starts from a fresh inner optimiser state, as in MAML.
 """
 
 from __future__ import annotations
 
 import torch
-from torch.func import grad_and_value
+from torch.func import grad_and_value, vmap
 
 from reptorch import tree
 from reptorch.adapt import adapt
-from reptorch.algorithms.base import MetaAlgorithm, TaskUpdate
+from reptorch.algorithms.base import MetaAlgorithm, MetaStep, TaskUpdate
 
 
 class MAML(MetaAlgorithm):
@@ -23,28 +23,37 @@ class MAML(MetaAlgorithm):
 
     def __init__(self, *args, **kwargs) -> None:
         kwargs["inner_state"] = "reset"
-        kwargs["parallel"] = "loop"  # a baseline: clarity over speed
         super().__init__(*args, **kwargs)
 
-    def meta_gradient(self, phi, batches, state) -> tuple[dict, torch.Tensor]:
-        """(g_MAML, L_{B_k}(W_{k-1})) for one task, by differentiating through the inner loop."""
+    def meta_gradient(self, phi, xs, ys, tail_x, tail_y) -> tuple[dict, torch.Tensor]:
+        """(g_MAML, losses (k,)) for one task, differentiating through the k - 1 inner steps."""
 
         def tail_loss(params):
+            batches = zip(xs, ys, strict=True)
+            state = self.inner.init(params)
             inner = adapt(
                 self.model.loss_and_grad,
                 params,
-                batches[:-1],
+                batches,
                 self.inner,
                 state,
                 differentiable=True,
                 weight_decay=self.weight_decay,
             )
-            x, y = batches[-1]
-            return self.model.loss(inner.params, x, y), inner.losses
+            return self.model.loss(inner.params, tail_x, tail_y), inner.losses
 
         grads, (loss, inner_losses) = grad_and_value(tail_loss, has_aux=True)(phi)
         return grads, torch.cat([inner_losses.detach(), loss.detach()[None]])
 
     def task_update(self, loss_and_grad, phi, batches, state) -> TaskUpdate:
-        grads, losses = self.meta_gradient(phi, batches, state)
+        xs, ys = zip(*batches[:-1], strict=True) if len(batches) > 1 else ((), ())
+        grads, losses = self.meta_gradient(phi, xs, ys, *batches[-1])
         return TaskUpdate(tree.scale(grads, -self.inner.lr), state, losses)
+
+    def meta_step(self, phi, xs, ys, inner_state, tail=None) -> MetaStep:
+        if self.parallel == "loop":
+            return super().meta_step(phi, xs, ys, inner_state, tail)
+        if tail is None:  # shared tail: the k-th mini-batch drawn like the others
+            xs, ys, tail = xs[:, :-1], ys[:, :-1], (xs[:, -1], ys[:, -1])
+        grads, losses = vmap(self.meta_gradient, in_dims=(None, 0, 0, 0, 0))(phi, xs, ys, *tail)
+        return MetaStep(tree.scale(tree.batch_mean(grads), -self.inner.lr), inner_state, losses)
