@@ -93,7 +93,8 @@ def listing(path: Path) -> set[str]:
 
 @pytest.fixture(scope="session")
 def omniglot_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("omniglot-cache")
+    """One cache per test session, shared with test_tasks/test_data_cli: decode once."""
+    return tmp_path_factory.getbasetemp() / "omniglot-cache"
 
 
 @pytest.fixture(scope="session")
