@@ -1,0 +1,34 @@
+"""Small models and task batches shared by the core tests."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from reptorch.models import OmniglotNet
+
+
+def tiny_convnet(ways: int = 3, filters: int = 4, seed: int = 0) -> nn.Module:
+    """The paper's Omniglot network with few filters: BatchNorm, TF padding, everything."""
+    torch.manual_seed(seed)
+    return OmniglotNet(ways, filters=filters)
+
+
+def mlp(seed: int = 0, dtype: torch.dtype = torch.float32) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 2)).to(dtype)
+
+
+def image_tasks(tasks: int, steps: int, batch: int, ways: int = 3, seed: int = 0):
+    """Random 28x28 images and labels shaped (T, k, B, 1, 28, 28), (T, k, B)."""
+    g = torch.Generator().manual_seed(seed)
+    xs = torch.rand(tasks, steps, batch, 1, 28, 28, generator=g)
+    ys = torch.randint(0, ways, (tasks, steps, batch), generator=g)
+    return xs, ys
+
+
+def vector_tasks(tasks: int, steps: int, batch: int, seed: int = 0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    xs = torch.randn(tasks, steps, batch, 3, generator=g, dtype=dtype)
+    ys = torch.randint(0, 2, (tasks, steps, batch), generator=g)
+    return xs, ys
