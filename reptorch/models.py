@@ -66,42 +66,42 @@ class ConvBlock(nn.Module):
         return F.relu(self.pool(self.norm(self.conv(self.pad(x)))))
 
 
-class OmniglotNet(nn.Module):
+class FourBlockNet(nn.Module):
+    """4 x ConvBlock -> flatten (side x side x filters) -> linear to `num_classes` logits."""
+
+    def __init__(
+        self, num_classes: int, filters: int, in_channels: int, stride: int, pool: bool, side: int
+    ) -> None:
+        super().__init__()
+        channels = [in_channels] + [filters] * 4
+        self.blocks = nn.Sequential(
+            *(ConvBlock(channels[i], filters, stride=stride, pool=pool) for i in range(4))
+        )
+        self.classifier = nn.Linear(side * side * filters, num_classes)
+        _glorot_init(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.blocks(x).flatten(1))
+
+
+class OmniglotNet(FourBlockNet):
     """28x28x1 -> 4 x [conv 3x3 stride 2 'same' -> BN -> ReLU] -> 2x2xF -> linear to `num_classes`.
 
     The paper's network has 64 filters; the browser demo's has 24.
     """
 
     def __init__(self, num_classes: int, filters: int = 64, in_channels: int = 1) -> None:
-        super().__init__()
-        channels = [in_channels] + [filters] * 4
-        self.blocks = nn.Sequential(
-            *(ConvBlock(channels[i], filters, stride=2, pool=False) for i in range(4))
-        )
-        self.classifier = nn.Linear(2 * 2 * filters, num_classes)
-        _glorot_init(self)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.blocks(x).flatten(1))
+        super().__init__(num_classes, filters, in_channels, stride=2, pool=False, side=2)
 
 
-class MiniImageNetNet(nn.Module):
+class MiniImageNetNet(FourBlockNet):
     """84x84x3 -> 4 x [conv 3x3 'same' -> BN -> max-pool 2x2 'same' -> ReLU] -> 6x6x32 -> linear.
 
     'same' pooling takes 84 -> 42 -> 21 -> 11 -> 6: the classifier sees 6 * 6 * 32 = 1152 features.
     """
 
     def __init__(self, num_classes: int, filters: int = 32, in_channels: int = 3) -> None:
-        super().__init__()
-        channels = [in_channels] + [filters] * 4
-        self.blocks = nn.Sequential(
-            *(ConvBlock(channels[i], filters, stride=1, pool=True) for i in range(4))
-        )
-        self.classifier = nn.Linear(6 * 6 * filters, num_classes)
-        _glorot_init(self)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.blocks(x).flatten(1))
+        super().__init__(num_classes, filters, in_channels, stride=1, pool=True, side=6)
 
 
 class SineMLP(nn.Module):
