@@ -2,8 +2,8 @@
 
 `oracle(params, x, y) -> (loss (T,), grads)`: params carry a leading task dim T, x is
 (T, B, C, H, W) float, y is (T, B) int64; every task has its own parameters and BatchNorm batch
-statistics. Equal,
-to float rounding, to `FunctionalModel(net).batched_loss_and_grad()` (a vmapped autograd oracle).
+statistics. Equal, to float rounding, to `FunctionalModel(net).batched_loss_and_grad()` (the
+vmapped autograd oracle).
 
 On CPU the T tasks are split into contiguous chunks run by `workers` single-threaded threads
 (PyTorch releases the GIL inside kernels). The per-layer kernels are too small for intra-op
@@ -14,8 +14,9 @@ OpenMP barrier waits on a descheduled thread).
 
 from __future__ import annotations
 
+import math
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -23,6 +24,7 @@ from torch import Tensor, nn
 
 from reptorch.fast import convnet
 from reptorch.fast.convnet import MINIIMAGENET, OMNIGLOT, ConvNetSpec, Params
+from reptorch.fast.flat import FlatLayout
 from reptorch.models import MiniImageNetNet, OmniglotNet
 
 _POOLS: dict[int, ThreadPoolExecutor] = {}
@@ -78,17 +80,86 @@ class ConvNetOracle:
         parts = self._parts(x)
         if parts == 1:
             return convnet.loss_and_grad(params, x, y, self.spec)
-        slices = _chunks(x.shape[0], parts)
-        futures = [
-            _pool(parts).submit(
-                convnet.loss_and_grad, {k: v[s] for k, v in params.items()}, x[s], y[s], self.spec
-            )
-            for s in slices
-        ]
-        results = [f.result() for f in futures]
-        loss = torch.cat([r[0] for r in results])
-        grads = {k: torch.cat([r[1][k] for r in results]) for k in params}
+        tasks = x.shape[0]
+        loss = x.new_empty(tasks)
+        grads = {k: x.new_empty(tasks, *v.shape[1:]) for k, v in params.items()}
+
+        def run(s: slice) -> None:
+            out = {k: v[s] for k, v in grads.items()}
+            part = {k: v[s] for k, v in params.items()}
+            loss[s] = convnet.loss_and_grad(part, x[s], y[s], self.spec, out=out)[0]
+
+        for future in [_pool(parts).submit(run, s) for s in _chunks(tasks, parts)]:
+            future.result()
         return loss, grads
+
+    def adapt(
+        self,
+        params: Params,
+        batches: Iterable[tuple[Tensor, Tensor]],
+        optimizer: object,
+        state: object,
+        *,
+        weight_decay: float = 1.0,
+    ):
+        """The whole first-order inner loop of `reptorch.adapt.adapt` for T tasks, or None.
+
+        Handles `inner_optim.Adam` and `inner_optim.SGD` (else returns None: use the generic loop).
+        Params, gradients and Adam moments live in flat (T, P) buffers (`FlatLayout`), so a step is
+        a few elementwise ops, done in place in the same order as `Adam.step` (bitwise the same
+        update). Each worker runs all k steps for its chunk of tasks: no per-step synchronisation.
+        Returns `AdaptResult(params (T-batched views), state (T-batched), losses (k, T))`.
+        """
+        from reptorch.adapt import AdaptResult
+        from reptorch.inner_optim import SGD, Adam, AdamState, SGDState
+
+        if not isinstance(optimizer, (Adam, SGD)):
+            return None
+        batches = list(batches)
+        if not batches:
+            return None
+        x0 = batches[0][0]
+        tasks = x0.shape[0]
+        layout = FlatLayout.of(params, batched=True)
+        with torch.no_grad():
+            flat = layout.pack(params, tasks, x0)
+        losses = x0.new_empty(len(batches), tasks)
+        is_adam = isinstance(optimizer, Adam)
+        if is_adam:
+            with torch.no_grad():
+                m = layout.pack(state.exp_avg, tasks, x0)
+                v = layout.pack(state.exp_avg_sq, tasks, x0)
+        else:
+            m = v = flat  # unused
+
+        def run(s: slice) -> None:
+            with torch.no_grad():
+                p, grad = flat[s], torch.empty_like(flat[s])
+                pv, gv = layout.views(p), layout.views(grad)
+                denom = torch.empty_like(p) if is_adam else p
+                for j, (x, y) in enumerate(batches):
+                    if weight_decay != 1.0:
+                        p.mul_(weight_decay)
+                    losses[j, s] = convnet.loss_and_grad(pv, x[s], y[s], self.spec, out=gv)[0]
+                    if is_adam:
+                        _adam_step(optimizer, state.step + j + 1, p, grad, m[s], v[s], denom)
+                    else:
+                        p.add_(grad, alpha=-optimizer.lr)
+                if is_adam and optimizer.beta1 == 0.0:
+                    m[s] = grad  # lerp(m, g, 1) is exactly g: the last gradient
+
+        parts = self._parts(x0)
+        if parts == 1:
+            run(slice(None))
+        else:
+            for future in [_pool(parts).submit(run, s) for s in _chunks(tasks, parts)]:
+                future.result()
+        steps = state.step + len(batches)
+        if is_adam:
+            new_state = AdamState(steps, layout.views(m), layout.views(v))
+        else:
+            new_state = SGDState(steps)
+        return AdaptResult(layout.views(flat), new_state, losses)
 
     def logits(self, params: Params, x: Tensor) -> Tensor:
         """Forward only: (T-batched params, x (T, B, C, H, W)) -> logits (T, B, classes)."""
@@ -102,6 +173,21 @@ class ConvNetOracle:
             for s in _chunks(x.shape[0], parts)
         ]
         return torch.cat([f.result() for f in futures])
+
+
+def _adam_step(opt, t: int, p: Tensor, g: Tensor, m: Tensor, v: Tensor, denom: Tensor) -> None:
+    """`inner_optim.Adam.step` in place on flat buffers, the same ops in the same order:
+    m = lerp(m, g, 1 - b1); v = b2 v + (1 - b2) g^2; p -= lr/(1 - b1^t) m / (sqrt(v)/sqrt(1 - b2^t)
+    + eps). With b1 = 0, lerp(m, g, 1) is exactly g: g is used and the caller stores the last."""
+    step_size = opt.lr / (1 - opt.beta1**t)
+    bias_correction2_sqrt = math.sqrt(1 - opt.beta2**t)
+    if opt.beta1 == 0.0:
+        m = g
+    else:
+        m.lerp_(g, 1 - opt.beta1)
+    v.mul_(opt.beta2).addcmul_(g, g, value=1 - opt.beta2)
+    torch.sqrt(v, out=denom).div_(bias_correction2_sqrt).add_(opt.eps)
+    p.addcdiv_(m, denom, value=-step_size)
 
 
 def spec_for(module: nn.Module) -> ConvNetSpec | None:

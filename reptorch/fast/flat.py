@@ -1,0 +1,52 @@
+"""Flat-parameter representation: every parameter of T tasks as a view into one (T, P) buffer.
+
+With params, gradients and optimiser moments each in one contiguous buffer, an inner optimiser
+step is a handful of elementwise ops over (T, P) instead of a few ops per parameter tensor, and a
+chunk of tasks is a row slice. `FlatLayout` maps names to column ranges in the tree's order.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from torch import Tensor
+
+Params = dict[str, Tensor]
+
+
+@dataclass(frozen=True)
+class FlatLayout:
+    """Name -> (offset, shape) of each parameter inside a row of P = sum of numels."""
+
+    names: tuple[str, ...]
+    shapes: tuple[tuple[int, ...], ...]
+    offsets: tuple[int, ...]
+    size: int
+
+    @staticmethod
+    def of(tree: Params, batched: bool = False) -> FlatLayout:
+        """Layout of a tree (per-task shapes; `batched` drops a leading task dim)."""
+        names, shapes, offsets, total = [], [], [], 0
+        for name, value in tree.items():
+            shape = tuple(value.shape[1:] if batched else value.shape)
+            names.append(name)
+            shapes.append(shape)
+            offsets.append(total)
+            total += math.prod(shape)
+        return FlatLayout(tuple(names), tuple(shapes), tuple(offsets), total)
+
+    def views(self, flat: Tensor) -> Params:
+        """Views of a (T, P) buffer as {name: (T, *shape)}; writes go through to the buffer."""
+        t = flat.shape[0]
+        return {
+            name: flat[:, off : off + math.prod(shape)].view(t, *shape)
+            for name, shape, off in zip(self.names, self.shapes, self.offsets, strict=True)
+        }
+
+    def pack(self, tree: Params, tasks: int, like: Tensor) -> Tensor:
+        """A new (T, P) buffer holding `tree`; leaves with or without a task dim broadcast."""
+        flat = like.new_empty(tasks, self.size)
+        for name, view in self.views(flat).items():
+            view.copy_(tree[name])
+        return flat
