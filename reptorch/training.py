@@ -1,0 +1,301 @@
+"""The meta-training loop, read top to bottom: sample tasks, meta-step, evaluate, checkpoint.
+
+As the reference `train`: after meta-iteration i (0-based), if i % eval_interval == 0 one fresh task
+of the train split and one of the monitor split (val if the dataset has one, else test) are
+evaluated from the current phi and inner state, printed as `batch i: train=... test=...`; a
+checkpoint holding i + 1 completed iterations is written every `checkpoint_every` iterations and
+at the end. Everything random comes from two generators (task sampling, interval evaluation) whose
+states are checkpointed, so a killed run resumes to bit-identical parameters (CPU).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from reptorch.algorithms import ALGORITHMS
+from reptorch.checkpoint import Checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
+from reptorch.config import TrainConfig
+from reptorch.errors import CheckpointError, ConfigError
+from reptorch.evaluation import EvalSpec, Evaluator, default_chunk, sample_tasks, task_chunks
+from reptorch.functional import FunctionalModel
+from reptorch.inner_optim import make_inner_optimizer
+from reptorch.io import atomic_write_json
+from reptorch.meta import MetaLearner
+from reptorch.metrics_log import MetricsLog
+from reptorch.models import MiniImageNetNet, OmniglotNet, SineMLP
+from reptorch.outer import Interpolation, OuterOptimizer
+
+EVAL_SEED_OFFSET = 2**33  # the interval-evaluation generator: seed + 2^33
+
+
+def build_sources(config: TrainConfig) -> dict[str, Any]:
+    """Split name -> task source (`TaskSampler` or `SineTasks`): train, [val,] test."""
+    if config.is_regression:
+        from reptorch.sine import SineTasks
+
+        return {"train": SineTasks(), "test": SineTasks()}
+    from reptorch.data.registry import load_splits
+    from reptorch.data.tasks import TaskSampler
+
+    options = {"allow_partial": True} if config.allow_partial else {}
+    splits = load_splits(config.dataset, config.data_dir, seed=config.seed, **options)
+    return {name: TaskSampler(data, config.classes, name=name) for name, data in splits.items()}
+
+
+def build_module(config: TrainConfig, sources: dict[str, Any]) -> tuple[nn.Module, Any]:
+    """The paper's network for the dataset (initialised from `config.seed`) and its loss."""
+    torch.manual_seed(config.seed)
+    if config.is_regression:
+        return SineMLP(), F.mse_loss
+    channels, height, width = sources["train"].dataset.image_shape
+    if config.dataset == "omniglot" or (height, width) == (28, 28):
+        module: nn.Module = OmniglotNet(config.classes, filters=64, in_channels=channels)
+    elif config.dataset == "miniimagenet" or (height, width) == (84, 84):
+        module = MiniImageNetNet(config.classes, filters=32, in_channels=channels)
+    else:
+        raise ConfigError(
+            f"dataset={config.dataset!r}: images of {height}x{width} fit neither network "
+            f"(Omniglot 28x28, Mini-ImageNet 84x84); resize the images"
+        )
+    return module, F.cross_entropy
+
+
+def eval_spec(config: TrainConfig, **changes: Any) -> EvalSpec:
+    """The evaluation settings of a run (`changes` override, e.g. transductive or shots)."""
+    values = {
+        "ways": config.classes,
+        "shots": config.shots,
+        "inner_iters": config.eval_iters,
+        "inner_batch": config.eval_batch,
+        "transductive": config.transductive,
+        "replacement": config.replacement,
+        "weight_decay": config.weight_decay,
+        "regression": config.is_regression,
+    }
+    values.update({k: v for k, v in changes.items() if v is not None})
+    return EvalSpec(**values)
+
+
+def eval_file(directory: Path, transductive: bool, split: str) -> Path:
+    mode = "transductive" if transductive else "nontransductive"
+    return Path(directory) / f"eval-{mode}-{split}.json"
+
+
+def prepare_directory(directory: Path, config: TrainConfig) -> None:
+    """Creates the run directory or checks that it was made with the same settings."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.glob(".ckpt-*.tmp"):  # left by a run killed mid-write
+        stale.unlink(missing_ok=True)
+    path = directory / "config.json"
+    if path.exists():
+        try:
+            saved = TrainConfig.from_dict(json.loads(path.read_text())["config"])
+        except (ValueError, KeyError, TypeError, ConfigError) as error:
+            raise CheckpointError(f"unreadable {path}: {error}") from None
+        diffs = saved.differences(config)
+        if diffs:
+            listed = "; ".join(f"{k} saved {a!r}, now {b!r}" for k, a, b in diffs)
+            raise CheckpointError(
+                f"{directory} holds a run with other settings ({listed}): rerun with the same "
+                f"flags or choose another --checkpoint directory"
+            )
+    atomic_write_json(path, {"config": config.to_dict()})
+
+
+class Trainer:
+    """phi, its optimisers and generators for one run; `train()` runs or resumes the loop."""
+
+    def __init__(self, config: TrainConfig, directory: Path | None = None) -> None:
+        self.config, self.directory = config, directory
+        self.device = torch.device(config.device)
+        self.sources = build_sources(config)
+        self.monitor = "val" if "val" in self.sources else "test"
+        module, loss_fn = build_module(config, self.sources)
+        self.module = module.to(self.device)
+        self.inner = make_inner_optimizer(config.inner_optimizer, config.learning_rate)
+        self.loss_fn = loss_fn
+        model = FunctionalModel(self.module, loss_fn)
+        self.evaluator = Evaluator(self.module, self.inner, eval_spec(config), loss_fn=loss_fn)
+        algorithm = ALGORITHMS[config.algorithm](
+            model,
+            self.inner,
+            inner_state=config.inner_state,
+            parallel=config.parallel,
+            weight_decay=config.weight_decay,
+            batched_loss_and_grad=self.evaluator.oracle,
+        )
+        phi = model.init_params()
+        args = (config.meta_step, config.meta_step_final, config.meta_iters)
+        if config.outer == "interpolate":
+            outer: Interpolation = Interpolation(*args)
+        else:
+            outer = OuterOptimizer(config.outer, phi, *args)
+        self.learner = MetaLearner(algorithm, outer, phi)
+        self.train_gen = torch.Generator().manual_seed(config.seed)
+        self.eval_gen = torch.Generator().manual_seed(config.seed + EVAL_SEED_OFFSET)
+
+    def restore(self, ckpt: Checkpoint) -> None:
+        """Continues from a checkpoint: phi, inner/outer state, RNG states, iteration."""
+        dev = self.device
+        self.learner.phi = {k: v.to(dev) for k, v in ckpt.phi.items()}
+        state = ckpt.inner_state
+        if hasattr(state, "exp_avg"):
+            state = state._replace(
+                exp_avg={k: v.to(dev) for k, v in state.exp_avg.items()},
+                exp_avg_sq={k: v.to(dev) for k, v in state.exp_avg_sq.items()},
+            )
+        self.learner.inner_state = state
+        self.learner.outer.load_state_dict(ckpt.outer_state)
+        self.learner.iteration = ckpt.iteration
+        self.train_gen.set_state(ckpt.rng["train"])
+        self.eval_gen.set_state(ckpt.rng["eval"])
+
+    def checkpoint(self) -> Checkpoint:
+        rng = {"train": self.train_gen.get_state(), "eval": self.eval_gen.get_state()}
+        learner = self.learner
+        outer = learner.outer.state_dict()
+        return Checkpoint(learner.iteration, learner.phi, learner.inner_state, outer, rng)
+
+    def quick_eval(self, split: str) -> float:
+        """Score on one fresh task of `split` (the reference's per-interval evaluation)."""
+        tasks, indices = sample_tasks(self.sources[split], 1, self.evaluator.spec, self.eval_gen)
+        learner = self.learner
+        return float(self.evaluator.run_chunk(learner.phi, learner.inner_state, tasks, indices)[1])
+
+    def train(self, progress: bool = True) -> None:
+        """Runs (or resumes) meta-training up to `meta_iters`, logging and checkpointing."""
+        c, learner = self.config, self.learner
+        if self.directory is not None:
+            prepare_directory(self.directory, c)
+            if list_checkpoints(self.directory):
+                self.restore(load_checkpoint(self.directory))
+                tqdm.write(f"resuming {self.directory} from iteration {learner.iteration}")
+        start = learner.iteration
+        log = None
+        if self.directory is not None and start < c.meta_iters:
+            log = MetricsLog(self.directory, self.monitor, start)
+        t0 = time.perf_counter()
+        source = self.sources["train"]
+        bar = tqdm(total=c.meta_iters, initial=start, unit="it", disable=not progress)
+        for i in range(start, c.meta_iters):
+            tasks = source.sample_train(
+                c.meta_batch,
+                c.effective_train_shots,
+                c.inner_batch,
+                c.inner_iters,
+                c.replacement,
+                c.foml_tail,
+                generator=self.train_gen,
+            )
+            tail = None if tasks.tail is None else tuple(t.to(self.device) for t in tasks.tail)
+            eps = learner.outer.step_size(i)
+            losses = learner.step(tasks.xs.to(self.device), tasks.ys.to(self.device), tail)
+            if i % c.eval_interval == 0:
+                train_score, monitor_score = self.quick_eval("train"), self.quick_eval(self.monitor)
+                tqdm.write(f"batch {i}: train={train_score:f} {self.monitor}={monitor_score:f}")
+                if log is not None:
+                    log.log(
+                        i,
+                        meta_step=eps,
+                        inner_loss=float(losses.mean()),
+                        train=train_score,
+                        monitor=monitor_score,
+                        seconds=round(time.perf_counter() - t0, 3),
+                        metric="mse" if c.is_regression else "accuracy",
+                    )
+            if self.directory is not None and (
+                (i + 1) % c.checkpoint_every == 0 or i + 1 == c.meta_iters
+            ):
+                if log is not None:
+                    log.flush()
+                save_checkpoint(self.directory, self.checkpoint(), keep=c.keep)
+            bar.update()
+        bar.close()
+        if log is not None:
+            log.close()
+        self.seconds = time.perf_counter() - t0
+        self.iterations = c.meta_iters - start
+
+    def evaluate(
+        self,
+        split: str = "test",
+        num_tasks: int | None = None,
+        seed: int | None = None,
+        inner_state: str = "checkpoint",
+        chunk: int | None = None,
+        progress: bool = True,
+        **spec_changes: Any,
+    ) -> dict[str, Any]:
+        """The final evaluation of phi on `num_tasks` seeded tasks of `split` (a summary dict).
+
+        inner_state: 'checkpoint' starts every task from the carried inner state saved with phi
+        (the reference), 'zero' from a fresh one. `spec_changes` override `EvalSpec` fields.
+        """
+        c = self.config
+        spec = eval_spec(c, **spec_changes)
+        num_tasks = c.eval_samples if num_tasks is None else num_tasks
+        seed = c.seed if seed is None else seed
+        if split not in self.sources:
+            raise ConfigError(
+                f"split={split!r}: {c.dataset} has the splits {', '.join(self.sources)}"
+            )
+        if inner_state not in ("checkpoint", "zero"):
+            raise ConfigError(f"eval_inner_state={inner_state!r}: choose checkpoint or zero")
+        if num_tasks < 1:
+            raise ConfigError(f"eval_samples={num_tasks}: evaluate at least one task")
+        source = self.sources[split]
+        if not c.is_regression:
+            if spec.ways > c.classes:
+                raise ConfigError(
+                    f"classes={spec.ways}: the network was trained with {c.classes} outputs; "
+                    f"evaluate at most {c.classes}-way tasks"
+                )
+            if spec.ways != c.classes:
+                from reptorch.data.tasks import TaskSampler
+
+                source = TaskSampler(source.dataset, spec.ways, name=split)
+        phi = self.learner.phi
+        state = self.learner.inner_state if inner_state == "checkpoint" else self.inner.init(phi)
+        evaluator = Evaluator(self.module, self.inner, spec, loss_fn=self.loss_fn)
+        shape = (1,) if c.is_regression else source.dataset.image_shape
+        chunk = chunk or default_chunk(spec, shape)
+        chunks = task_chunks(source, num_tasks, spec, seed, chunk)
+        result = evaluator.evaluate(phi, state, chunks, num_tasks, progress)
+        summary = result.summary(spec, split, seed)
+        summary.update(
+            dataset=c.dataset,
+            iteration=self.learner.iteration,
+            eval_inner_state=inner_state,
+            tasks_per_second=round(num_tasks / max(result.seconds, 1e-9), 1),
+        )
+        return summary
+
+
+def load_trainer(
+    directory: Path, device: str | None = None, data_dir: str | None = None
+) -> Trainer:
+    """A `Trainer` rebuilt from a run directory alone: its config.json and newest checkpoint."""
+    directory = Path(directory)
+    path = directory / "config.json"
+    if not path.is_file():
+        raise CheckpointError(
+            f"{directory} holds no reptorch run (no config.json): train into it first with "
+            f"`reptorch train --checkpoint {directory}`"
+        )
+    try:
+        config = TrainConfig.from_dict(json.loads(path.read_text())["config"])
+    except (ValueError, KeyError, TypeError, ConfigError) as error:
+        raise CheckpointError(f"unreadable {path}: {error}") from None
+    changes = {k: v for k, v in {"device": device, "data_dir": data_dir}.items() if v}
+    ckpt = load_checkpoint(directory)  # fails before loading data if there is none
+    trainer = Trainer(config.replace(**changes), directory)
+    trainer.restore(ckpt)
+    return trainer
