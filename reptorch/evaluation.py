@@ -81,13 +81,18 @@ class EvalResult:
         }
 
 
-def fast_paths(module: nn.Module) -> tuple[Callable | None, Callable | None]:
-    """(batched oracle, batched forward) of `reptorch.fast` for `module`, or Nones."""
+def fast_paths(
+    module: nn.Module, workers: int | None = None
+) -> tuple[Callable | None, Callable | None]:
+    """(batched oracle, batched forward) of `reptorch.fast` for `module`, or Nones.
+
+    `workers`: CPU threads splitting the tasks (None: the caller's torch thread count).
+    """
     try:
         from reptorch.fast import fast_logits_for, fast_loss_and_grad_for
     except ImportError:  # the fast path is optional
         return None, None
-    return fast_loss_and_grad_for(module), fast_logits_for(module)
+    return fast_loss_and_grad_for(module, workers), fast_logits_for(module, workers)
 
 
 class Evaluator:
@@ -101,12 +106,13 @@ class Evaluator:
         *,
         loss_fn: LossFn | None = None,
         use_fast: bool = True,
+        workers: int | None = None,
     ) -> None:
         self.model = (
             FunctionalModel(module) if loss_fn is None else FunctionalModel(module, loss_fn)
         )
         self.optimizer, self.spec = optimizer, spec
-        oracle, forward = fast_paths(module) if use_fast else (None, None)
+        oracle, forward = fast_paths(module, workers) if use_fast else (None, None)
         self.oracle = oracle or self.model.batched_loss_and_grad()
         self.forward = forward or self.model.batched_forward()
 

@@ -113,8 +113,11 @@ def prepare_directory(directory: Path, config: TrainConfig) -> None:
 class Trainer:
     """phi, its optimisers and generators for one run; `train()` runs or resumes the loop."""
 
-    def __init__(self, config: TrainConfig, directory: Path | None = None) -> None:
-        self.config, self.directory = config, directory
+    def __init__(
+        self, config: TrainConfig, directory: Path | None = None, workers: int | None = None
+    ) -> None:
+        """workers: CPU threads of the fast oracle (see `reptorch.cli.train.cpu_threads`)."""
+        self.config, self.directory, self.workers = config, directory, workers
         self.device = torch.device(config.device)
         self.sources = build_sources(config)
         self.monitor = "val" if "val" in self.sources else "test"
@@ -123,7 +126,9 @@ class Trainer:
         self.inner = make_inner_optimizer(config.inner_optimizer, config.learning_rate)
         self.loss_fn = loss_fn
         model = FunctionalModel(self.module, loss_fn)
-        self.evaluator = Evaluator(self.module, self.inner, eval_spec(config), loss_fn=loss_fn)
+        self.evaluator = Evaluator(
+            self.module, self.inner, eval_spec(config), loss_fn=loss_fn, workers=workers
+        )
         algorithm = ALGORITHMS[config.algorithm](
             model,
             self.inner,
@@ -241,7 +246,8 @@ class Trainer:
         """
         c = self.config
         spec = eval_spec(c, **spec_changes)
-        num_tasks = c.eval_samples if num_tasks is None else num_tasks
+        if num_tasks is None:  # the run's setting, or the reference's 10,000 if it skipped it
+            num_tasks = c.eval_samples or TrainConfig().eval_samples
         seed = c.seed if seed is None else seed
         if split not in self.sources:
             raise ConfigError(
@@ -264,7 +270,9 @@ class Trainer:
                 source = TaskSampler(source.dataset, spec.ways, name=split)
         phi = self.learner.phi
         state = self.learner.inner_state if inner_state == "checkpoint" else self.inner.init(phi)
-        evaluator = Evaluator(self.module, self.inner, spec, loss_fn=self.loss_fn)
+        evaluator = Evaluator(
+            self.module, self.inner, spec, loss_fn=self.loss_fn, workers=self.workers
+        )
         shape = (1,) if c.is_regression else source.dataset.image_shape
         chunk = chunk or default_chunk(spec, shape)
         chunks = task_chunks(source, num_tasks, spec, seed, chunk)
@@ -280,7 +288,10 @@ class Trainer:
 
 
 def load_trainer(
-    directory: Path, device: str | None = None, data_dir: str | None = None
+    directory: Path,
+    device: str | None = None,
+    data_dir: str | None = None,
+    workers: int | None = None,
 ) -> Trainer:
     """A `Trainer` rebuilt from a run directory alone: its config.json and newest checkpoint."""
     directory = Path(directory)
@@ -294,8 +305,10 @@ def load_trainer(
         config = TrainConfig.from_dict(json.loads(path.read_text())["config"])
     except (ValueError, KeyError, TypeError, ConfigError) as error:
         raise CheckpointError(f"unreadable {path}: {error}") from None
+    if device is None and config.device.startswith("cuda") and not torch.cuda.is_available():
+        device = "cpu"  # trained on a GPU, evaluated where there is none
     changes = {k: v for k, v in {"device": device, "data_dir": data_dir}.items() if v}
     ckpt = load_checkpoint(directory)  # fails before loading data if there is none
-    trainer = Trainer(config.replace(**changes), directory)
+    trainer = Trainer(config.replace(**changes), directory, workers)
     trainer.restore(ckpt)
     return trainer
