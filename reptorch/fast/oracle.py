@@ -23,9 +23,9 @@ import torch
 from torch import Tensor, nn
 
 from reptorch.fast import convnet
-from reptorch.fast.convnet import MINIIMAGENET, OMNIGLOT, ConvNetSpec, Params
+from reptorch.fast.convnet import ConvNetSpec, Params
 from reptorch.fast.flat import FlatLayout
-from reptorch.models import MiniImageNetNet, OmniglotNet
+from reptorch.models import ConvBlock, FourBlockNet, MiniImageNetNet, OmniglotNet
 
 _POOLS: dict[int, ThreadPoolExecutor] = {}
 _POOLS_LOCK = threading.Lock()
@@ -191,15 +191,31 @@ def _adam_step(opt, t: int, p: Tensor, g: Tensor, m: Tensor, v: Tensor, denom: T
 
 
 def spec_for(module: nn.Module) -> ConvNetSpec | None:
-    """The `ConvNetSpec` of a paper conv net (any filters / classes / input channels), else None.
+    """The `ConvNetSpec` of a paper conv net (`FourBlockNet` and its `OmniglotNet` /
+    `MiniImageNetNet`, any filters / classes / input channels), else None.
 
-    Only the exact classes qualify: a subclass may change `forward`, which the oracle would ignore.
+    Only these exact classes (and exact `ConvBlock`s of 3x3 convs) qualify: a subclass may change
+    `forward`, which the oracle would silently ignore.
     """
-    if type(module) is OmniglotNet:
-        return OMNIGLOT
-    if type(module) is MiniImageNetNet:
-        return MINIIMAGENET
-    return None
+    if type(module) not in (FourBlockNet, OmniglotNet, MiniImageNetNet):
+        return None
+    blocks = list(module.blocks)
+    if not blocks or any(type(b) is not ConvBlock for b in blocks):
+        return None
+    first = blocks[0]
+    stride, pool = first.conv.stride[0], isinstance(first.pool, nn.MaxPool2d)
+    for b in blocks:
+        if (
+            b.conv.kernel_size != (3, 3)
+            or b.conv.stride != (stride, stride)
+            or b.conv.padding != (0, 0)
+            or b.conv.dilation != (1, 1)
+            or b.conv.groups != 1
+            or isinstance(b.pool, nn.MaxPool2d) != pool
+            or b.norm.track_running_stats
+        ):
+            return None
+    return ConvNetSpec(stride=stride, pool=pool, layers=len(blocks), eps=first.norm.eps)
 
 
 def fast_loss_and_grad_for(
