@@ -7,6 +7,12 @@ per-step losses L_{B_j}(theta_{j-1}).
 The gradient comes from an oracle `(params, x, y) -> (loss, grads)`. With a vmapped oracle and a
 leading task dimension on params and batches, the same loop runs T tasks at once (`adapt_batched`):
 the optimiser math is elementwise and broadcasts over tasks.
+
+An oracle may also bring its own first-order inner loop, `oracle.adapt(params, batches, optimizer,
+state, weight_decay=...) -> AdaptResult | None` (`reptorch.fast.ConvNetOracle` does: flat buffers,
+one worker per chunk of tasks for all k steps). `adapt` hands the whole loop to it when not
+`differentiable`, and falls back to the loop below when it returns None (an optimiser it does not
+know). It must give the same result as this loop with the same oracle (tests/test_fast.py).
 """
 
 from __future__ import annotations
@@ -47,6 +53,12 @@ def adapt(
     (1.0: none).
     """
     if not differentiable:
+        own_loop = getattr(loss_and_grad, "adapt", None)
+        batches = list(batches)
+        if own_loop is not None and batches:
+            result = own_loop(params, batches, optimizer, state, weight_decay=weight_decay)
+            if result is not None:
+                return result
         params = tree.detach(params)
     losses = []
     for x, y in batches:

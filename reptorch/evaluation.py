@@ -113,8 +113,8 @@ class Evaluator:
         )
         self.optimizer, self.spec = optimizer, spec
         oracle, forward = fast_paths(module, workers) if use_fast else (None, None)
-        self.oracle = oracle or self.model.batched_loss_and_grad()
-        self.forward = forward or self.model.batched_forward()
+        self.oracle = oracle or self.model.batched_loss_and_grad(fast=use_fast)
+        self.forward = forward or self.model.batched_forward(fast=use_fast)
 
     def fine_tune(self, phi: Params, state: Any, tasks: EvalTasks, indices: torch.Tensor):
         """theta_k of each task: `inner_iters` steps from (phi, state) on its support batches."""
@@ -123,13 +123,7 @@ class Evaluator:
         batches = [(sx[rows, idx], sy[rows, idx]) for idx in indices.unbind(1)]
         params = tree.expand(phi, sx.shape[0])
         wd = self.spec.weight_decay
-        fast_adapt = getattr(self.oracle, "adapt", None)
-        result = None
-        if fast_adapt is not None and batches:
-            result = fast_adapt(params, batches, self.optimizer, state, weight_decay=wd)
-        if result is None:
-            result = adapt(self.oracle, params, batches, self.optimizer, state, weight_decay=wd)
-        return result.params
+        return adapt(self.oracle, params, batches, self.optimizer, state, weight_decay=wd).params
 
     @torch.no_grad()
     def predict(self, params: Params, tasks: EvalTasks) -> torch.Tensor:

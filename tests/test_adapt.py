@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from reptorch import tree
-from reptorch.adapt import adapt, adapt_batched
+from reptorch.adapt import AdaptResult, adapt, adapt_batched
 from reptorch.functional import FunctionalModel
 from reptorch.inner_optim import SGD, Adam
 
@@ -75,3 +75,47 @@ def test_weight_decay_scales_weights_before_each_step():
     plain = adapt(model.loss_and_grad, scaled, zip(xs[0], ys[0]), inner, inner.init(phi))
     for name in phi:
         torch.testing.assert_close(decayed.params[name], plain.params[name])
+
+
+def _setup():
+    model = FunctionalModel(tiny_convnet())
+    xs, ys = image_tasks(1, 3, 6)
+    return model, model.init_params(), xs, ys
+
+
+class _OwnLoopOracle:
+    """An oracle with its own inner loop that records calls and may decline (returns None)."""
+
+    def __init__(self, oracle, result=None) -> None:
+        self.oracle, self.result, self.calls = oracle, result, 0
+
+    def __call__(self, params, x, y):
+        return self.oracle(params, x, y)
+
+    def adapt(self, params, batches, optimizer, state, *, weight_decay=1.0):
+        self.calls += 1
+        return self.result
+
+
+def test_adapt_hands_the_loop_to_an_oracle_that_has_one():
+    model, phi, xs, ys = _setup()
+    inner = SGD(0.1)
+    sentinel = AdaptResult(phi, inner.init(phi), torch.zeros(3))
+    oracle = _OwnLoopOracle(model.loss_and_grad, sentinel)
+    assert adapt(oracle, phi, zip(xs[0], ys[0]), inner, inner.init(phi)) is sentinel
+    assert oracle.calls == 1
+    # Second order needs the differentiable generic loop: the oracle's own loop is not used.
+    adapt(oracle, phi, zip(xs[0], ys[0]), inner, inner.init(phi), differentiable=True)
+    assert oracle.calls == 1
+
+
+def test_adapt_falls_back_when_the_oracle_declines():
+    model, phi, xs, ys = _setup()
+    inner = SGD(0.1)
+    declining = _OwnLoopOracle(model.loss_and_grad, None)
+    got = adapt(declining, phi, zip(xs[0], ys[0]), inner, inner.init(phi))
+    ref = adapt(model.loss_and_grad, phi, zip(xs[0], ys[0]), inner, inner.init(phi))
+    assert declining.calls == 1
+    for name in phi:
+        torch.testing.assert_close(got.params[name], ref.params[name], rtol=0, atol=0)
+    torch.testing.assert_close(got.losses, ref.losses, rtol=0, atol=0)

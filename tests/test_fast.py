@@ -143,7 +143,7 @@ def test_fast_inner_loop_matches_core_adapt(workers: int, optimizer: str):
             step=9, exp_avg_sq=tree.tree_map(lambda v: v + 1e-6, state.exp_avg_sq)
         )
     params = tree.expand(phi, tasks)
-    ref = adapt(model.batched_loss_and_grad(), params, batches, opt, state, weight_decay=0.999)
+    ref = adapt(model.vmap_loss_and_grad(), params, batches, opt, state, weight_decay=0.999)
     oracle = fast_loss_and_grad_for(model.module, workers=workers)
     new = oracle.adapt(params, batches, opt, state, weight_decay=0.999)
     tol = dict(rtol=1e-4, atol=1e-5)

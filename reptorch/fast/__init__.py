@@ -1,7 +1,7 @@
 """Fast hand-written batched gradient oracles for the paper conv nets (convnet.py, oracle.py).
 
 `fast_loss_and_grad_for(module)` returns a drop-in replacement for the vmapped autograd oracle
-(`FunctionalModel.batched_loss_and_grad()`) when `module` is an `OmniglotNet` or `MiniImageNetNet`,
+(`FunctionalModel.vmap_loss_and_grad()`) when `module` is an `OmniglotNet` or `MiniImageNetNet`,
 and None otherwise.
 """
 

@@ -2,7 +2,7 @@
 
 `oracle(params, x, y) -> (loss (T,), grads)`: params carry a leading task dim T, x is
 (T, B, C, H, W) float, y is (T, B) int64; every task has its own parameters and BatchNorm batch
-statistics. Equal, to float rounding, to `FunctionalModel(net).batched_loss_and_grad()` (the
+statistics. Equal, to float rounding, to `FunctionalModel(net).vmap_loss_and_grad()` (the
 vmapped autograd oracle).
 
 On CPU the T tasks are split into contiguous chunks run by `workers` single-threaded threads
