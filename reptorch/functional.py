@@ -72,7 +72,7 @@ class FunctionalModel:
         return forward or vmap(self.__call__)
 
     def vmap_loss_and_grad(self) -> LossAndGrad:
-        """`vmap(loss_and_grad)`: the generic batched oracle (autograd), the fast path's reference."""
+        """`vmap(loss_and_grad)`: the generic batched autograd oracle, the fast path's reference."""
         return vmap(self.loss_and_grad)
 
     def _fast(self, factory: str) -> Callable | None:
