@@ -120,9 +120,12 @@ def test_other_modules_get_no_fast_oracle():
     assert fast_loss_and_grad_for(OmniglotNet(7, filters=16)) is not None
 
 
-@pytest.mark.parametrize("workers", [1, 2])
+PLANS = {"one worker": (1, None), "images": (2, ("images", 2)), "tasks": (2, ("tasks", 1))}
+
+
+@pytest.mark.parametrize("plan", PLANS)
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
-def test_fast_inner_loop_matches_core_adapt(workers: int, optimizer: str):
+def test_fast_inner_loop_matches_core_adapt(plan: str, optimizer: str, monkeypatch):
     """`ConvNetOracle.adapt` (flat buffers, in-place Adam) equals `reptorch.adapt.adapt` run with
     the vmap reference oracle: params, Adam moments, step counter and losses."""
     from reptorch import tree
@@ -144,7 +147,10 @@ def test_fast_inner_loop_matches_core_adapt(workers: int, optimizer: str):
         )
     params = tree.expand(phi, tasks)
     ref = adapt(model.vmap_loss_and_grad(), params, batches, opt, state, weight_decay=0.999)
+    workers, forced = PLANS[plan]
     oracle = fast_loss_and_grad_for(model.module, workers=workers)
+    if forced is not None:  # whole tasks (one per work item) or every task's images split
+        monkeypatch.setattr(oracle, "plan", lambda tasks, batch, workers: forced)
     new = oracle.adapt(params, batches, opt, state, weight_decay=0.999)
     tol = dict(rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(new.losses, ref.losses, **tol)
@@ -159,3 +165,105 @@ def test_fast_inner_loop_matches_core_adapt(workers: int, optimizer: str):
             torch.testing.assert_close(
                 new.state.exp_avg_sq[name], ref.state.exp_avg_sq[name], rtol=1e-3, atol=1e-12
             )
+
+
+def test_plan_shares_by_images_only_when_it_pays():
+    oracle = ConvNetOracle(spec_for(OmniglotNet(5)))
+    assert oracle.plan(5, 10, 2) == ("tasks", 3)  # 3/2 whole tasks beat 5 x 5 images (measured)
+    assert oracle.plan(500, 5, 2) == ("tasks", 5)  # evaluation: items of 5 tasks from a queue
+    assert oracle.plan(1, 10, 2) == ("images", 2)  # one task: split its batch
+    assert oracle.plan(5, 10, 16) == ("images", 10)  # more cores than tasks
+    assert oracle.plan(5, 10, 1) == ("tasks", 5)
+
+
+def test_group_allreduce_sums_in_rank_order_and_abort_releases_waiters():
+    import threading
+
+    from reptorch.fast import comm
+
+    with comm.Group(2) as group:
+        results = [None, None]
+
+        def run(rank):
+            for step in range(3):  # reuses both slot sets
+                results[rank] = comm.allreduce(group.id, rank, torch.tensor([rank + 1.0 + step]))
+
+        threads = [threading.Thread(target=run, args=(r,)) for r in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=30)
+        assert results[0].item() == results[1].item() == 7.0  # (1 + 2) + (2 + 2)
+
+    with comm.Group(2) as group:
+        errors = []
+
+        def waiter():
+            try:
+                group.wait()
+            except threading.BrokenBarrierError as error:
+                errors.append(error)
+
+        thread = threading.Thread(target=waiter)
+        thread.start()
+        group.abort()
+        thread.join(timeout=30)
+        assert not thread.is_alive() and len(errors) == 1
+
+
+def test_a_failing_worker_raises_its_error_instead_of_hanging(monkeypatch):
+    """Labels out of range in the second half of the images: that worker fails mid-step, the
+    other is released from its barrier, and the caller sees the real error."""
+    import threading
+
+    from reptorch.inner_optim import Adam
+
+    net = OmniglotNet(5)
+    phi = {k: v.detach() for k, v in net.named_parameters()}
+    gen = torch.Generator().manual_seed(0)
+    x, y = _inputs(2, 5, 2, (1, 28, 28), torch.float32, gen)
+    y[:, 5:] = 99
+    oracle = ConvNetOracle(spec_for(net), workers=2)
+    monkeypatch.setattr(oracle, "plan", lambda tasks, batch, workers: ("images", 2))
+    outcome = []
+
+    def run():
+        try:
+            oracle.adapt({k: v.expand(2, *v.shape) for k, v in phi.items()}, [(x, y)], Adam(1e-3),
+                         Adam(1e-3).init(phi))  # fmt: skip
+        except Exception as error:
+            outcome.append(error)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(timeout=60)
+    assert not thread.is_alive(), "adapt hung after a worker failed"
+    assert len(outcome) == 1 and "BrokenBarrier" not in repr(outcome[0])
+    assert "index" in str(outcome[0]).lower()
+
+
+def test_eager_fallback_gives_the_scripted_numbers(monkeypatch):
+    """REPTORCH_NO_JIT=1 runs the same kernel class without TorchScript: identical results."""
+    import threading
+
+    from reptorch.fast import convnet
+
+    net = OmniglotNet(5)
+    gen = torch.Generator().manual_seed(4)
+    params = _batched_params(net, 2, torch.float32, gen)
+    x, y = _inputs(2, 5, 2, (1, 28, 28), torch.float32, gen)
+    scripted = convnet.loss_and_grad(params, x, y)
+    assert isinstance(convnet.kernel(convnet.OMNIGLOT), torch.jit.ScriptModule)
+    monkeypatch.setenv("REPTORCH_NO_JIT", "1")
+    eager = []
+
+    def run():  # a new thread gets new (eager) kernels
+        assert not isinstance(convnet.kernel(convnet.OMNIGLOT), torch.jit.ScriptModule)
+        eager.append(convnet.loss_and_grad(params, x, y))
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    torch.testing.assert_close(eager[0][0], scripted[0], rtol=0, atol=0)
+    for name in params:
+        torch.testing.assert_close(eager[0][1][name], scripted[1][name], rtol=0, atol=0)

@@ -28,19 +28,23 @@ Max pooling (Mini-ImageNet, 2x2 stride 2, TF 'same' = ceil_mode) is applied afte
 commute (ReLU is monotone), and after the ReLU the 'same' padding can be zeros. The gradient goes to
 the window's maximum when that maximum is positive (exact ties between positive values, a
 measure-zero event, would each get the gradient).
+
+The code is `reptorch.fast.kernel.ConvNetKernel`, a TorchScript module (one per thread, so the GIL
+is released for a whole step); this module gives it a dict interface.
 """
 
 from __future__ import annotations
 
-import math
+import os
 import threading
+import warnings
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from reptorch.models import BN_EPS, same_padding
+from reptorch.fast.kernel import ConvNetKernel
+from reptorch.models import BN_EPS
 
 Params = dict[str, Tensor]
 
@@ -54,186 +58,55 @@ class ConvNetSpec:
     layers: int = 4
     eps: float = BN_EPS
 
+    def names(self) -> list[str]:
+        """Parameter names in the module's (and the kernel's) order."""
+        names = []
+        for i in range(self.layers):
+            names += [f"blocks.{i}.conv.{p}" for p in ("weight", "bias")]
+            names += [f"blocks.{i}.norm.{p}" for p in ("weight", "bias")]
+        return [*names, "classifier.weight", "classifier.bias"]
+
 
 OMNIGLOT = ConvNetSpec(stride=2, pool=False)
 MINIIMAGENET = ConvNetSpec(stride=1, pool=True)
 
-
-def _threshold_backward(grad: Tensor, out: Tensor) -> Tensor:
-    """grad * [out > 0]: the ReLU backward, one fused kernel."""
-    return torch.ops.aten.threshold_backward(grad, out, 0.0)
+_LOCAL = threading.local()
+_SCRIPT_LOCK = threading.Lock()  # concurrent torch.jit.script calls of one class collide
 
 
-class _Workspace(threading.local):
-    """Per-thread scratch buffers reused across calls, keyed by name.
-
-    Fresh multi-MiB tensors each step cost page faults (glibc returns large blocks to the OS on
-    free): measured ~20% of a single-threaded step. Buffers only grow; `clear_workspace()` frees
-    them. Thread-local, so concurrent workers never share one.
-    """
-
-    def __init__(self) -> None:
-        self.store: dict[str, Tensor] = {}
-
-    def get(self, key: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
-        numel = math.prod(shape)
-        buf = self.store.get(key)
-        if (
-            buf is None
-            or buf.numel() < numel
-            or buf.dtype != like.dtype
-            or buf.device != like.device
-        ):
-            buf = like.new_empty(numel)
-            self.store[key] = buf
-        return buf[:numel].view(shape)
+def _compile(module: ConvNetKernel) -> ConvNetKernel:
+    """TorchScript, unless REPTORCH_NO_JIT=1 or scripting fails (then eager: same numbers)."""
+    if os.environ.get("REPTORCH_NO_JIT", "") not in ("", "0"):
+        return module
+    try:
+        with _SCRIPT_LOCK, warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit.script's: kernel.py
+            return torch.jit.script(module)
+    except Exception as error:  # a torch without TorchScript: run eagerly, say so once
+        warnings.warn(f"reptorch.fast: no TorchScript ({error}); running eagerly", stacklevel=3)
+        return module
 
 
-_WS = _Workspace()
+def kernel(spec: ConvNetSpec) -> ConvNetKernel:
+    """The calling thread's kernel for `spec` (scratch buffers are per thread)."""
+    kernels = getattr(_LOCAL, "kernels", None)
+    if kernels is None:
+        kernels = _LOCAL.kernels = {}
+    if spec not in kernels:
+        kernels[spec] = _compile(ConvNetKernel(spec.stride, spec.pool, spec.layers, spec.eps))
+    return kernels[spec]
 
 
 def clear_workspace() -> None:
     """Frees the calling thread's scratch buffers."""
-    _WS.store.clear()
-
-
-def _padded(n: int, h: int, w: int, c: int, stride: int, like: Tensor, key: str):
-    """A (N, Hp, Wp, C) buffer with zeroed TF-'same' borders and its (N, H, W, C) interior view."""
-    top, bottom = same_padding(h, 3, stride)
-    left, right = same_padding(w, 3, stride)
-    buf = _WS.get(key, (n, h + top + bottom, w + left + right, c), like)
-    if top:
-        buf[:, :top].zero_()
-    if bottom:
-        buf[:, top + h :].zero_()
-    if left:
-        buf[:, top : top + h, :left].zero_()
-    if right:
-        buf[:, top : top + h, left + w :].zero_()
-    return buf, buf[:, top : top + h, left : left + w], (top, left)
-
-
-def _im2col(ap: Tensor, stride: int, key: str) -> Tensor:
-    """Padded (N, Hp, Wp, C) -> cols (N, Ho, Wo, 3, 3, C): the (kh, kw, c) patch of each output."""
-    n, hp, wp, c = ap.shape
-    ho, wo = (hp - 3) // stride + 1, (wp - 3) // stride + 1
-    view = ap.as_strided(
-        (n, ho, wo, 3, 3, c), (hp * wp * c, stride * wp * c, stride * c, wp * c, c, 1)
-    )
-    return _WS.get(key, view.shape, ap).copy_(view)
-
-
-def _col2im(dcols: Tensor, hp: int, wp: int, stride: int, key: str) -> Tensor:
-    """Adjoint of `_im2col`: scatter-adds the 9 taps of (N, Ho, Wo, 3, 3, C) into (N, Hp, Wp, C)."""
-    n, ho, wo, _, _, c = dcols.shape
-    dxp = _WS.get(key, (n, hp, wp, c), dcols).zero_()
-    he, we = stride * (ho - 1) + 1, stride * (wo - 1) + 1
-    for kh in range(3):
-        for kw in range(3):
-            dxp[:, kh : kh + he : stride, kw : kw + we : stride, :].add_(dcols[:, :, :, kh, kw, :])
-    return dxp
-
-
-def _conv_weight_matrix(weight: Tensor) -> Tensor:
-    """(T, O, C, 3, 3) -> (T, 9*C, O) in the (kh, kw, c) order of `_im2col`."""
-    t, o, c = weight.shape[:3]
-    return weight.permute(0, 3, 4, 2, 1).reshape(t, 9 * c, o)
-
-
-def _classifier_matrix(weight: Tensor, c: int, hw: tuple[int, int]) -> Tensor:
-    """(T, N, C*H*W) in NCHW flatten order -> (T, N, H*W*C) in channels-last order."""
-    t, n = weight.shape[:2]
-    return weight.view(t, n, c, hw[0], hw[1]).permute(0, 1, 3, 4, 2).reshape(t, n, -1)
-
-
-def _maxpool_same(a: Tensor) -> Tensor:
-    """2x2 stride-2 max pool with TF 'same' (ceil) padding of a non-negative (N, H, W, C) tensor."""
-    n, h, w, c = a.shape
-    ph, pw = h % 2, w % 2
-    if ph or pw:
-        a = F.pad(a, (0, 0, 0, pw, 0, ph))
-    return a.view(n, (h + ph) // 2, 2, (w + pw) // 2, 2, c).amax(dim=(2, 4))
-
-
-def _maxpool_same_backward(g: Tensor, a: Tensor, pooled: Tensor) -> Tensor:
-    """Routes dL/dpooled to the window maxima of `a` (N, H, W, C); zero where the max is 0."""
-    n, h, w, c = a.shape
-    ph, pw = h % 2, w % 2
-    ap = F.pad(a, (0, 0, 0, pw, 0, ph)) if ph or pw else a
-    g = _threshold_backward(g, pooled)
-    h2, w2 = pooled.shape[1], pooled.shape[2]
-    win = ap.view(n, h2, 2, w2, 2, c)
-    mask = win == pooled.view(n, h2, 1, w2, 1, c)
-    out = (mask * g.view(n, h2, 1, w2, 1, c)).view(n, 2 * h2, 2 * w2, c)
-    return out[:, :h, :w, :] if ph or pw else out
-
-
-def _forward(
-    params: Params, x: Tensor, spec: ConvNetSpec, keep: bool
-) -> tuple[Tensor, list[tuple], Tensor, tuple[int, int, int]]:
-    """Logits (T, B, N); with `keep`, the per-layer tensors the backward needs.
-
-    Without pooling, BN+ReLU writes straight into the interior of the next layer's padded buffer.
-    """
-    t, b, c, h, w = x.shape
-    n = t * b
-    ap, interior, pad = _padded(n, h, w, c, spec.stride, x, "pad0")
-    interior.view(t, b, h, w, c).copy_(x.permute(0, 1, 3, 4, 2))
-    saved: list[tuple] = []
-    a = interior
-    for i in range(spec.layers):
-        hp, wp, pad_in = ap.shape[1], ap.shape[2], pad
-        cols = _im2col(ap, spec.stride, f"cols{i}")
-        ho, wo = cols.shape[1], cols.shape[2]
-        wm = _conv_weight_matrix(params[f"blocks.{i}.conv.weight"])
-        o, m = wm.shape[2], b * ho * wo
-        z = torch.bmm(cols.view(t, m, 9 * c), wm, out=_WS.get(f"z{i}", (t, m, o), x))
-        # (T, M, O); the conv bias cancels in BN. Two-pass moments (torch.var_mean's Welford
-        # kernel is ~30x slower on this layout); z is centred in place, kept for the backward.
-        mu = z.mean(dim=1, keepdim=True)
-        z.sub_(mu)
-        sq = torch.mul(z, z, out=_WS.get("sq", z.shape, x))
-        r = sq.sum(1, keepdim=True).mul_(1.0 / m).add_(spec.eps).rsqrt_()
-        gamma = params[f"blocks.{i}.norm.weight"].unsqueeze(1)
-        scale = gamma * r
-        beta = params[f"blocks.{i}.norm.bias"]
-        last = i + 1 == spec.layers
-        if spec.pool or last:
-            y = _WS.get(f"y{i}", (n, ho, wo, o), x)
-            torch.addcmul(beta.unsqueeze(1), z, scale, out=y.view(t, m, o)).relu_()
-            pooled = _maxpool_same(y) if spec.pool else y
-            if not last:
-                ap_next, inner, pad = _padded(
-                    n, *pooled.shape[1:3], o, spec.stride, x, f"pad{i + 1}"
-                )
-                inner.copy_(pooled)
-        else:
-            ap_next, y, pad = _padded(n, ho, wo, o, spec.stride, x, f"pad{i + 1}")
-            torch.addcmul(
-                beta.view(t, 1, 1, 1, o),
-                z.view(t, b, ho, wo, o),
-                scale.view(t, 1, 1, 1, o),
-                out=y.view(t, b, ho, wo, o),
-            ).relu_()
-            pooled = y
-        if keep:
-            saved.append((cols, (hp, wp, pad_in), wm, z, r, gamma, y, pooled, (n, h, w, c)))
-        a, (h, w, c) = pooled, pooled.shape[1:]
-        if not last:
-            ap = ap_next
-    feat = a.reshape(t, b, -1)
-    hw = (a.shape[1], a.shape[2])
-    wc = _classifier_matrix(params["classifier.weight"], a.shape[3], hw)
-    logits = torch.baddbmm(params["classifier.bias"].unsqueeze(1), feat, wc.transpose(1, 2))
-    if keep:
-        saved.append((feat, wc))
-    return logits, saved, a, (a.shape[3], hw[0], hw[1])
+    for k in getattr(_LOCAL, "kernels", {}).values():
+        k.clear()
 
 
 def logits(params: Params, x: Tensor, spec: ConvNetSpec = OMNIGLOT) -> Tensor:
     """Forward only: T-batched params, x (T, B, C, H, W) -> logits (T, B, num_classes)."""
     with torch.no_grad():
-        return _forward(params, x, spec, keep=False)[0]
+        return kernel(spec).logits([params[k] for k in spec.names()], x)
 
 
 def loss_and_grad(
@@ -250,60 +123,11 @@ def loss_and_grad(
     `out`, if given, receives the gradients (tensors of the params' shapes, e.g. views into one
     flat buffer) and is returned as the gradient dict.
     """
-    with torch.no_grad():
-        return _loss_and_grad(params, x, y, spec, out)
-
-
-def _emit(grads: Params, out: Params | None, name: str, value: Tensor) -> None:
-    """Stores a gradient: copied into `out[name]` if given, else made contiguous."""
+    names = spec.names()
     if out is None:
-        grads[name] = value.contiguous()
-    else:
-        grads[name] = out[name].copy_(value)
-
-
-def _loss_and_grad(params: Params, x: Tensor, y: Tensor, spec: ConvNetSpec, out: Params | None):
-    t, b = x.shape[:2]
-    scores, saved, _, (cf, hf, wf) = _forward(params, x, spec, keep=True)
-    # Cross-entropy: loss = mean_b (logsumexp(l_b) - l_b[y_b]); dL/dl = (softmax - onehot) / B.
-    lse = torch.logsumexp(scores, dim=2, keepdim=True)
-    picked = scores.gather(2, y.unsqueeze(2))
-    loss = (lse - picked).mean(dim=(1, 2))
-    g = (scores - lse).exp_()
-    g.scatter_add_(2, y.unsqueeze(2), g.new_full(picked.shape, -1.0)).mul_(1.0 / b)
-    grads: Params = {}
-    feat, wc = saved.pop()
-    _emit(grads, out, "classifier.bias", g.sum(1))
-    dwc = torch.bmm(g.transpose(1, 2), feat)  # (T, N, H*W*C) channels-last
-    nc = dwc.shape[1]
-    dwc = dwc.view(t, nc, hf, wf, cf).permute(0, 1, 4, 2, 3).reshape(t, nc, -1)
-    _emit(grads, out, "classifier.weight", dwc)
-    da = torch.bmm(g, wc).view(t * b, hf, wf, cf)
-    for i in reversed(range(spec.layers)):
-        cols, (hp, wp, (top, left)), wm, z, r, gamma, a, pooled, (n, h, w, c) = saved[i]
-        if spec.pool:
-            da = _maxpool_same_backward(da, a, pooled)
-        m, o = z.shape[1], z.shape[2]
-        gy = _WS.get(f"gy{i}", a.shape, z)  # dL/d(BN output) = dL/da * [a > 0]
-        torch.ops.aten.threshold_backward.grad_input(da, a, 0.0, grad_input=gy)
-        gy = gy.view(t, m, o)
-        dbeta = gy.sum(1, keepdim=True)
-        sgz = torch.mul(gy, z, out=_WS.get("sq", z.shape, z)).sum(1, keepdim=True)
-        dgamma = r * sgz  # z is centred
-        ca = gamma * r
-        cb = ca * r * dgamma * (-1.0 / m)
-        cc = ca * dbeta * (-1.0 / m)
-        dz = torch.addcmul(cc, z, cb, out=_WS.get(f"dz{i}", z.shape, z)).addcmul_(gy, ca)
-        _emit(grads, out, f"blocks.{i}.norm.weight", dgamma.squeeze(1))
-        _emit(grads, out, f"blocks.{i}.norm.bias", dbeta.squeeze(1))
-        dwm = torch.bmm(cols.view(t, m, -1).transpose(1, 2), dz)  # (T, 9C, O)
-        _emit(grads, out, f"blocks.{i}.conv.weight", dwm.view(t, 3, 3, c, o).permute(0, 4, 3, 1, 2))
-        if out is None:
-            grads[f"blocks.{i}.conv.bias"] = dz.new_zeros(t, o)
-        else:
-            grads[f"blocks.{i}.conv.bias"] = out[f"blocks.{i}.conv.bias"].zero_()
-        if i > 0:
-            dcols = torch.bmm(dz, wm.transpose(1, 2), out=_WS.get(f"dcols{i}", (t, m, 9 * c), z))
-            dxp = _col2im(dcols.view(cols.shape), hp, wp, spec.stride, f"dxp{i}")
-            da = dxp[:, top : top + h, left : left + w, :]
-    return loss, {name: grads[name] for name in params}
+        out = {k: x.new_empty(params[k].shape) for k in names}
+    with torch.no_grad():
+        loss = kernel(spec).loss_and_grad(
+            [params[k] for k in names], x, y, [out[k] for k in names], False, -1, 0, x.shape[1]
+        )
+    return loss, {k: out[k] for k in params}

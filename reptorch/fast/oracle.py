@@ -5,16 +5,19 @@
 statistics. Equal, to float rounding, to `FunctionalModel(net).vmap_loss_and_grad()` (the
 vmapped autograd oracle).
 
-On CPU the T tasks are split into contiguous chunks run by `workers` single-threaded threads
-(PyTorch releases the GIL inside kernels). The per-layer kernels are too small for intra-op
-threading to keep two cores busy (measured: 2 intra-op threads gave ~1.5x over 1, two
-single-threaded workers ~1.7x, and far less slowdown when another process holds a core, since no
-OpenMP barrier waits on a descheduled thread).
+On CPU the work is shared by `workers` single-threaded threads, each running a TorchScript kernel
+(`reptorch.fast.kernel`) that releases the GIL for a whole step. The per-layer ops are too small
+for intra-op threading to keep two cores busy, and OpenMP barriers stall whenever another process
+holds a core. Two ways to share (`ConvNetOracle.plan`):
+- by tasks: many small independent items (a few tasks each, all k steps), taken from a queue, so
+  the load balances and each item's buffers stay in cache (evaluation: hundreds of tasks);
+- by images: every worker takes its share of every task's mini-batch, and the workers sum
+  BatchNorm statistics and gradients (`reptorch.fast.comm`): 5 tasks on 2 cores would otherwise
+  split 3/2 and leave a core idle a fifth of the time (meta-training).
 """
 
 from __future__ import annotations
 
-import math
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -22,11 +25,12 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 from torch import Tensor, nn
 
-from reptorch.fast import convnet
+from reptorch.fast import comm, convnet
 from reptorch.fast.convnet import ConvNetSpec, Params
 from reptorch.fast.flat import FlatLayout
 from reptorch.models import ConvBlock, FourBlockNet, MiniImageNetNet, OmniglotNet
 
+ITEM_TASKS = 5  # tasks per work item when sharing by tasks (see docs/benchmarks.md)
 _POOLS: dict[int, ThreadPoolExecutor] = {}
 _POOLS_LOCK = threading.Lock()
 
@@ -59,28 +63,69 @@ def _chunks(total: int, parts: int) -> list[slice]:
 class ConvNetOracle:
     """Batched loss/gradient (and forward) of a paper conv net, hand-written, task-parallel.
 
-    workers: CPU threads splitting the tasks; None means `torch.get_num_threads()` of the caller
+    workers: CPU threads sharing the work; None means `torch.get_num_threads()` of the caller
     (1 runs in the caller's thread with its own intra-op threading). CUDA inputs always run in one
     call (the GPU is already parallel over tasks).
+    item_tasks: tasks per work item when sharing by tasks.
     """
 
-    def __init__(self, spec: ConvNetSpec, workers: int | None = None) -> None:
+    def __init__(
+        self, spec: ConvNetSpec, workers: int | None = None, item_tasks: int = ITEM_TASKS
+    ) -> None:
         if workers is not None and workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
         self.spec = spec
         self.workers = workers
+        self.item_tasks = item_tasks
+        self._names = spec.names()
+        self._buffers: dict[str, Tensor] = {}
+        self._busy = threading.Lock()
 
-    def _parts(self, x: Tensor) -> int:
+    def _scratch(self, key: str, like: Tensor) -> Tensor:
+        """An uninitialised buffer like `like`, reused by later calls: fresh multi-MiB buffers
+        cost a page fault per 4 KiB on first touch (~10% of a meta-iteration, measured)."""
+        buf = self._buffers.get(key)
+        if (
+            buf is None
+            or buf.numel() < like.numel()
+            or buf.dtype != like.dtype
+            or buf.device != like.device
+        ):
+            buf = self._buffers[key] = torch.empty_like(like).view(-1)
+        return buf[: like.numel()].view(like.shape)
+
+    def _workers(self, x: Tensor) -> int:
         if x.device.type != "cpu":
             return 1
-        workers = self.workers if self.workers is not None else torch.get_num_threads()
-        return max(1, min(workers, x.shape[0]))
+        return self.workers if self.workers is not None else torch.get_num_threads()
+
+    def plan(self, tasks: int, batch: int, workers: int) -> tuple[str, int]:
+        """('tasks', tasks per item) or ('images', workers splitting each batch).
+
+        Sharing by images costs a dozen meetings per step and smaller GEMMs (measured on 2 cores,
+        5 tasks x 10 images: 61 ms per meta-iteration vs 55 ms for a 3/2 split of whole tasks),
+        so it is used only when it cuts the largest share by a quarter or more: T ceil(B/W) <=
+        0.75 ceil(T/W) B, e.g. one task, or fewer tasks than cores.
+        """
+        if workers <= 1:
+            return "tasks", tasks
+        by_tasks = -(-tasks // workers) * batch
+        by_images = tasks * -(-batch // workers)
+        if batch >= 2 and 4 * by_images <= 3 * by_tasks:
+            return "images", min(workers, batch)
+        return "tasks", max(1, min(self.item_tasks, -(-tasks // workers)))
+
+    def _map(self, fn: Callable[[slice], None], tasks: int, per_item: int, workers: int) -> None:
+        items = [slice(i, min(i + per_item, tasks)) for i in range(0, tasks, per_item)]
+        if workers <= 1 or len(items) == 1:
+            for s in items:
+                fn(s)
+            return
+        for future in [_pool(workers).submit(fn, s) for s in items]:
+            future.result()
 
     def __call__(self, params: Params, x: Tensor, y: Tensor) -> tuple[Tensor, Params]:
-        parts = self._parts(x)
-        if parts == 1:
-            return convnet.loss_and_grad(params, x, y, self.spec)
-        tasks = x.shape[0]
+        tasks, workers = x.shape[0], self._workers(x)
         loss = x.new_empty(tasks)
         grads = {k: x.new_empty(tasks, *v.shape[1:]) for k, v in params.items()}
 
@@ -89,9 +134,21 @@ class ConvNetOracle:
             part = {k: v[s] for k, v in params.items()}
             loss[s] = convnet.loss_and_grad(part, x[s], y[s], self.spec, out=out)[0]
 
-        for future in [_pool(parts).submit(run, s) for s in _chunks(tasks, parts)]:
-            future.result()
+        self._map(run, tasks, -(-tasks // max(1, workers)), workers)
         return loss, grads
+
+    def logits(self, params: Params, x: Tensor) -> Tensor:
+        """Forward only: (T-batched params, x (T, B, C, H, W)) -> logits (T, B, classes)."""
+        tasks, workers = x.shape[0], self._workers(x)
+        out: list[Tensor | None] = [None] * tasks
+
+        def run(s: slice) -> None:
+            out[s.start] = convnet.logits({k: v[s] for k, v in params.items()}, x[s], self.spec)
+
+        mode, share = self.plan(tasks, x.shape[1], workers)
+        per_item = share if mode == "tasks" else -(-tasks // workers)
+        self._map(run, tasks, per_item, workers)
+        return torch.cat([o for o in out if o is not None])
 
     def adapt(
         self,
@@ -105,10 +162,9 @@ class ConvNetOracle:
         """The whole first-order inner loop of `reptorch.adapt.adapt` for T tasks, or None.
 
         Handles `inner_optim.Adam` and `inner_optim.SGD` (else returns None: use the generic loop).
-        Params, gradients and Adam moments live in flat (T, P) buffers (`FlatLayout`), so a step is
-        a few elementwise ops, done in place in the same order as `Adam.step` (bitwise the same
-        update). Each worker runs all k steps for its chunk of tasks: no per-step synchronisation.
-        Returns `AdaptResult(params (T-batched views), state (T-batched), losses (k, T))`.
+        Params, gradients and Adam moments live in flat (T, P) buffers (`FlatLayout`, conv weights
+        in GEMM layout), so an optimiser step is a few elementwise ops in place, in the order of
+        `Adam.step`. Returns `AdaptResult(params, state (T-batched), losses (k, T))`.
         """
         from reptorch.adapt import AdaptResult
         from reptorch.inner_optim import SGD, Adam, AdamState, SGDState
@@ -119,75 +175,114 @@ class ConvNetOracle:
         if not batches:
             return None
         x0 = batches[0][0]
-        tasks = x0.shape[0]
-        layout = FlatLayout.of(params, batched=True)
-        with torch.no_grad():
-            flat = layout.pack(params, tasks, x0)
-        losses = x0.new_empty(len(batches), tasks)
+        tasks, batch = x0.shape[0], x0.shape[1]
         is_adam = isinstance(optimizer, Adam)
+        with torch.no_grad():
+            gemm_params = {k: to_gemm(k, v, batched=True) for k, v in params.items()}
+            layout = FlatLayout.of(gemm_params, batched=True)
+            flat = layout.pack(gemm_params, tasks, x0)
+            if is_adam:
+                m = layout.pack({k: to_gemm(k, v) for k, v in state.exp_avg.items()}, tasks, x0)
+                v = layout.pack({k: to_gemm(k, v) for k, v in state.exp_avg_sq.items()}, tasks, x0)
+                hyper = [1.0, optimizer.lr, optimizer.beta1, optimizer.beta2, optimizer.eps]
+            else:
+                m = v = flat[:, :0]  # unused
+                hyper = [0.0, optimizer.lr, 0.0, 0.0, 0.0]
+            hyper.append(float(weight_decay))
+            step0 = state.step
+            xs = [x for x, _ in batches]
+            ys = [y for _, y in batches]
+            workers = self._workers(x0)
+            mode, share = self.plan(tasks, batch, workers)
+            with self._busy:  # the scratch buffers are this oracle's: one adapt at a time
+                losses = self._run(layout, flat, m, v, xs, ys, hyper, step0, mode, share)
+        steps = state.step + len(batches)
+        new_params = from_gemm_views(layout, flat)
         if is_adam:
-            with torch.no_grad():
-                m = layout.pack(state.exp_avg, tasks, x0)
-                v = layout.pack(state.exp_avg_sq, tasks, x0)
+            new_state = AdamState(steps, from_gemm_views(layout, m), from_gemm_views(layout, v))
         else:
-            m = v = flat  # unused
+            new_state = SGDState(steps)
+        return AdaptResult(new_params, new_state, losses)
+
+    def _run(self, layout, flat, m, v, xs, ys, hyper, step0, mode, share) -> Tensor:
+        if mode == "images":
+            return self._adapt_by_images(layout, flat, m, v, xs, ys, hyper, step0, share)
+        return self._adapt_by_tasks(layout, flat, m, v, xs, ys, hyper, step0, share)
+
+    def _adapt_by_tasks(self, layout, flat, m, v, xs, ys, hyper, step0, per_item) -> Tensor:
+        tasks = flat.shape[0]
+        losses = flat.new_empty(len(xs), tasks)
+        grad, denom = self._scratch("grad", flat), self._scratch("denom", flat)
 
         def run(s: slice) -> None:
             with torch.no_grad():
-                p, grad = flat[s], torch.empty_like(flat[s])
-                pv, gv = layout.views(p), layout.views(grad)
-                denom = torch.empty_like(p) if is_adam else p
-                for j, (x, y) in enumerate(batches):
-                    if weight_decay != 1.0:
-                        p.mul_(weight_decay)
-                    losses[j, s] = convnet.loss_and_grad(pv, x[s], y[s], self.spec, out=gv)[0]
-                    if is_adam:
-                        _adam_step(optimizer, state.step + j + 1, p, grad, m[s], v[s], denom)
-                    else:
-                        p.add_(grad, alpha=-optimizer.lr)
-                if is_adam and optimizer.beta1 == 0.0:
-                    m[s] = grad  # lerp(m, g, 1) is exactly g: the last gradient
+                p, g = flat[s], grad[s]
+                pv, gv = layout.views(p), layout.views(g)
+                params, grads = [pv[k] for k in self._names], [gv[k] for k in self._names]
+                convnet.kernel(self.spec).adapt(
+                    params, grads, p, [g], g, m[s], v[s], denom[s],
+                    [x[s] for x in xs], [y[s] for y in ys], losses[:, s],
+                    hyper, step0, -1, 0, xs[0].shape[1], 0, p.shape[1],
+                )  # fmt: skip
 
-        parts = self._parts(x0)
-        if parts == 1:
-            run(slice(None))
-        else:
-            for future in [_pool(parts).submit(run, s) for s in _chunks(tasks, parts)]:
-                future.result()
-        steps = state.step + len(batches)
-        if is_adam:
-            new_state = AdamState(steps, layout.views(m), layout.views(v))
-        else:
-            new_state = SGDState(steps)
-        return AdaptResult(layout.views(flat), new_state, losses)
+        self._map(run, tasks, per_item, self._workers(xs[0]))
+        return losses
 
-    def logits(self, params: Params, x: Tensor) -> Tensor:
-        """Forward only: (T-batched params, x (T, B, C, H, W)) -> logits (T, B, classes)."""
-        parts = self._parts(x)
-        if parts == 1:
-            return convnet.logits(params, x, self.spec)
-        futures = [
-            _pool(parts).submit(
-                convnet.logits, {k: v[s] for k, v in params.items()}, x[s], self.spec
-            )
-            for s in _chunks(x.shape[0], parts)
-        ]
-        return torch.cat([f.result() for f in futures])
+    def _adapt_by_images(self, layout, flat, m, v, xs, ys, hyper, step0, size) -> Tensor:
+        tasks, width = flat.shape
+        batch = xs[0].shape[1]
+        partials = [self._scratch(f"partial{rank}", flat) for rank in range(size)]
+        total, denom = self._scratch("total", flat), self._scratch("denom", flat)
+        losses = [flat.new_empty(len(xs), tasks) for _ in range(size)]
+        views = layout.views(flat)
+        params = [views[k] for k in self._names]
+        images = _chunks(batch, size)
+        columns = _chunks(-(-width // 16), size)  # 64-byte aligned column shares
+
+        def run(rank: int, group: comm.Group) -> None:
+            lo, hi = min(16 * columns[rank].start, width), min(16 * columns[rank].stop, width)
+            s = images[rank]
+            partial = layout.views(partials[rank])
+            grads = [partial[k] for k in self._names]
+            try:
+                with torch.no_grad():
+                    convnet.kernel(self.spec).adapt(
+                        params, grads, flat, partials, total, m, v, denom,
+                        [x[:, s] for x in xs], [y[:, s] for y in ys], losses[rank],
+                        hyper, step0, group.id, rank, batch, lo, hi,
+                    )  # fmt: skip
+            except BaseException:
+                group.abort()  # release the others from their barriers
+                raise
+
+        with comm.Group(size) as group:
+            futures = [_pool(size).submit(run, rank, group) for rank in range(size)]
+            errors = [f.exception() for f in futures]
+        real = [e for e in errors if e is not None and "BrokenBarrier" not in repr(e)]
+        if real or any(errors):
+            raise (real or [e for e in errors if e is not None])[0]
+        return torch.stack(losses).sum(0)
 
 
-def _adam_step(opt, t: int, p: Tensor, g: Tensor, m: Tensor, v: Tensor, denom: Tensor) -> None:
-    """`inner_optim.Adam.step` in place on flat buffers, the same ops in the same order:
-    m = lerp(m, g, 1 - b1); v = b2 v + (1 - b2) g^2; p -= lr/(1 - b1^t) m / (sqrt(v)/sqrt(1 - b2^t)
-    + eps). With b1 = 0, lerp(m, g, 1) is exactly g: g is used and the caller stores the last."""
-    step_size = opt.lr / (1 - opt.beta1**t)
-    bias_correction2_sqrt = math.sqrt(1 - opt.beta2**t)
-    if opt.beta1 == 0.0:
-        m = g
-    else:
-        m.lerp_(g, 1 - opt.beta1)
-    v.mul_(opt.beta2).addcmul_(g, g, value=1 - opt.beta2)
-    torch.sqrt(v, out=denom).div_(bias_correction2_sqrt).add_(opt.eps)
-    p.addcdiv_(m, denom, value=-step_size)
+def to_gemm(name: str, value: Tensor, batched: bool = False) -> Tensor:
+    """Conv weights (..., O, C, 3, 3) as contiguous (..., 3, 3, C, O): the kernel's GEMM layout.
+
+    A task dim that is an expanded view of one tensor (every task starting from phi) is cut to
+    size 1, so the transposing copy is done once, then broadcast by `FlatLayout.pack`.
+    """
+    if not name.endswith("conv.weight"):
+        return value
+    if batched and value.stride(0) == 0:
+        value = value[:1]
+    return value.permute(*range(value.dim() - 4), -2, -1, -3, -4).contiguous()
+
+
+def from_gemm_views(layout: FlatLayout, flat: Tensor) -> Params:
+    """The tree in `flat` in module shapes: conv weights are permuted views of GEMM layout."""
+    return {
+        k: v.permute(0, 4, 3, 1, 2) if k.endswith("conv.weight") else v
+        for k, v in layout.views(flat).items()
+    }
 
 
 def spec_for(module: nn.Module) -> ConvNetSpec | None:
