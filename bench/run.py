@@ -5,9 +5,10 @@
     python -m bench.run --memory-iters 10000   # RSS over a long meta-training run
 
 Measures (a) reptorch's meta-training throughput (the library's public step: `MetaLearner` +
-`Reptile` + inner `Adam`, with the oracle `fast_loss_and_grad_for` picks) for Omniglot 5w1s, 5w5s
-and 20w1s with the paper's settings, (b) the same for `bench.baseline.SerialReptile`, (c) the
-evaluation throughput (5w1s, 50 inner Adam steps of batch 5, transductive and not), (d) SGEMM.
+`Reptile` + inner `Adam`, all defaults, so the `reptorch.fast` oracle and its own inner loop) for
+Omniglot 5w1s, 5w5s and 20w1s with the paper's settings, (b) the same for
+`bench.baseline.SerialReptile`, (c) the evaluation throughput (5w1s, 50 inner Adam steps of batch
+5, transductive and not, through `reptorch.adapt.adapt` as `reptorch eval` runs it), (d) SGEMM.
 Implementations are timed in interleaved rounds and the median round is reported, because the
 machine may be shared. The data are synthetic tensors of the right shapes (sampling excluded).
 """
@@ -28,10 +29,8 @@ import torch
 from bench.baseline import SerialReptile
 from bench.gemm import omniglot_train_flops, sgemm_gflops
 from reptorch import tree
-from reptorch.adapt import adapt_batched
-from reptorch.algorithms.base import TaskUpdate
+from reptorch.adapt import adapt
 from reptorch.algorithms.reptile import Reptile
-from reptorch.fast import fast_logits_for, fast_loss_and_grad_for
 from reptorch.functional import FunctionalModel
 from reptorch.inner_optim import Adam
 from reptorch.meta import MetaLearner
@@ -82,34 +81,16 @@ def synthetic_batches(s: Setting, count: int, device: torch.device, seed: int = 
     return xs.to(device), ys.to(device)
 
 
-class HookedReptile(Reptile):
-    """`Reptile` whose inner loop goes to the oracle's own `adapt` when it has one.
-
-    This is the hook proposed for `reptorch.adapt.adapt` (first-order, Adam/SGD): with it the
-    fast oracle runs the whole k-step loop on flat buffers, one worker per chunk of tasks.
-    """
-
-    def task_update(self, loss_and_grad, phi, batches, state) -> TaskUpdate:
-        fast = getattr(loss_and_grad, "adapt", None)
-        result = (
-            fast(phi, batches, self.inner, state, weight_decay=self.weight_decay) if fast else None
-        )
-        if result is None:
-            return super().task_update(loss_and_grad, phi, batches, state)
-        return TaskUpdate(tree.sub(result.params, phi), result.state, result.losses)
-
-
 def reptorch_step(s: Setting, device: torch.device, mode: str = "library") -> Callable[[int], None]:
     """The library's training step: `MetaLearner` + `Reptile` + inner `Adam`.
 
-    mode: 'library' (the oracle `fast_loss_and_grad_for` picks, in the core's inner loop),
-    'vmap' (the core's default vmap oracle), 'fast-adapt' (the oracle's own inner loop).
+    mode: 'library' (all defaults: the `reptorch.fast` oracle with its own inner loop),
+    'vmap' (the generic `vmap(grad_and_value)` oracle in the core's inner loop).
     """
     torch.manual_seed(0)
     model = FunctionalModel(OmniglotNet(s.ways).to(device))
-    oracle = None if mode == "vmap" else fast_loss_and_grad_for(model.module)
-    cls = HookedReptile if mode == "fast-adapt" else Reptile
-    algorithm = cls(model, Adam(s.lr), batched_loss_and_grad=oracle)
+    oracle = model.batched_loss_and_grad(fast=mode != "vmap")
+    algorithm = Reptile(model, Adam(s.lr), batched_loss_and_grad=oracle)
     learner = MetaLearner(algorithm, Interpolation(1.0, 0.0, 100_000), model.init_params())
     xs, ys = synthetic_batches(s, 4, device)
     return lambda i: learner.step(xs[i % 4], ys[i % 4])
@@ -145,9 +126,8 @@ def evaluation_rate(
     mode: str,
     device: torch.device,
     tasks: int,
-    chunk: int = 10,
+    chunk: int = 50,
     steps: int = 50,
-    fast_inner: bool = True,
 ) -> float:
     """5w1s evaluation tasks/s: 50 Adam steps (lr 1e-3) on the 5 support images, then classify the
     5 queries, all queries in one batch (transductive) or each with the support set (not)."""
@@ -155,8 +135,8 @@ def evaluation_rate(
     torch.manual_seed(0)
     model = FunctionalModel(OmniglotNet(ways).to(device))
     phi = model.init_params()
-    oracle = fast_loss_and_grad_for(model.module) or model.batched_loss_and_grad()
-    forward = fast_logits_for(model.module) or model.batched_forward()
+    oracle = model.batched_loss_and_grad()
+    forward = model.batched_forward()
     adam = Adam(1e-3)
     gen = torch.Generator().manual_seed(1)
     support = (torch.rand(chunk, ways, 1, 28, 28, generator=gen) > 0.2).float().to(device)
@@ -165,14 +145,10 @@ def evaluation_rate(
     xs = support.unsqueeze(1).expand(chunk, steps, *support.shape[1:])
     ys = labels.unsqueeze(1).expand(chunk, steps, ways)
 
-    fast = getattr(oracle, "adapt", None) if fast_inner else None
     batches = list(zip(xs.transpose(0, 1), ys.transpose(0, 1), strict=True))
 
     def run_chunk() -> torch.Tensor:
-        if fast is not None:
-            params = fast(tree.expand(phi, chunk), batches, adam, adam.init(phi)).params
-        else:
-            params = adapt_batched(oracle, phi, xs, ys, adam, adam.init(phi)).params
+        params = adapt(oracle, tree.expand(phi, chunk), batches, adam, adam.init(phi)).params
         if mode == "transductive":
             return forward(params, query).argmax(-1) == labels
         # Each query in a batch of the support set plus itself: T*N "tasks" of N+1 images.
@@ -242,7 +218,6 @@ def main(argv: list[str] | None = None) -> None:
         runs = {
             "reptorch": reptorch_step(s, device),
             "baseline": baseline_step(s, device),
-            "fast-adapt": reptorch_step(s, device, "fast-adapt"),
         }
         if args.vmap:
             runs["vmap oracle"] = reptorch_step(s, device, "vmap")
@@ -252,8 +227,7 @@ def main(argv: list[str] | None = None) -> None:
     evals = {}
     if not args.no_eval:
         for mode in ("transductive", "non-transductive"):
-            evals[mode] = evaluation_rate(mode, device, eval_tasks, fast_inner=False)
-            evals[mode + " (fast-adapt)"] = evaluation_rate(mode, device, eval_tasks)
+            evals[mode] = evaluation_rate(mode, device, eval_tasks)
     report = format_report(env, gemm, rows, evals, " ".join(["python -m bench.run", *(argv or [])]))
     print(report)
     if args.markdown:

@@ -47,6 +47,8 @@ class ConvNetKernel(nn.Module):
     """
 
     ws: dict[str, Tensor]
+    shaped: dict[str, Tensor]
+    taps: dict[str, list[Tensor]]
 
     def __init__(self, stride: int, pool: bool, layers: int, eps: float) -> None:
         super().__init__()
@@ -55,22 +57,38 @@ class ConvNetKernel(nn.Module):
         self.layers = layers
         self.eps = eps
         self.ws = {}
+        self.shaped = {}
+        self.taps = {}
 
     def _buf(self, key: str, shape: list[int], like: Tensor) -> Tensor:
+        """The scratch tensor `key` with this shape, reused while shape, dtype and device hold.
+
+        The view itself is cached, so a step costs no slicing or viewing ops for its buffers
+        (a TorchScript op costs ~1 us; a step has hundreds of them).
+        """
+        if key in self.shaped:
+            view = self.shaped[key]
+            if view.size() == shape and view.dtype == like.dtype and view.device == like.device:
+                return view
         n = 1
         for size in shape:
             n *= size
+        buf = torch.empty([0], dtype=like.dtype, device=like.device)
         if key in self.ws:
             buf = self.ws[key]
-            if buf.numel() >= n and buf.dtype == like.dtype and buf.device == like.device:
-                return buf[:n].view(shape)
-        buf = torch.empty([n], dtype=like.dtype, device=like.device)
-        self.ws[key] = buf
-        return buf.view(shape)
+        if buf.numel() < n or buf.dtype != like.dtype or buf.device != like.device:
+            buf = torch.empty([n], dtype=like.dtype, device=like.device)
+            self.ws[key] = buf
+            self.taps.clear()  # tap views may point into a replaced buffer
+        view = buf[:n].view(shape)
+        self.shaped[key] = view
+        return view
 
     @torch.jit.export
     def clear(self) -> None:
         self.ws.clear()
+        self.shaped.clear()
+        self.taps.clear()
 
     def _same(self, size: int) -> tuple[int, int]:
         """TF 'same' padding (before, after) of a 3-wide window: out = ceil(size / stride)."""
@@ -81,10 +99,19 @@ class ConvNetKernel(nn.Module):
     def _padded(
         self, n: int, h: int, w: int, c: int, key: str, like: Tensor
     ) -> tuple[Tensor, Tensor, int, int]:
-        """A (N, Hp, Wp, C) buffer with zeroed 'same' borders, its interior view, (top, left)."""
+        """A (N, Hp, Wp, C) buffer with zeroed 'same' borders, its interior view, (top, left).
+
+        Only interiors are ever written, so borders are zeroed once per buffer and shape.
+        """
         top, bottom = self._same(h)
         left, right = self._same(w)
-        buf = self._buf(key, [n, h + top + bottom, w + left + right, c], like)
+        shape = [n, h + top + bottom, w + left + right, c]
+        inner = key + ":interior"
+        if key in self.shaped and inner in self.shaped:
+            buf = self.shaped[key]  # what _buf would return: same shape, same buffer
+            if buf.size() == shape and buf.dtype == like.dtype and buf.device == like.device:
+                return buf, self.shaped[inner], top, left
+        buf = self._buf(key, shape, like)
         if top > 0:
             buf[:, :top].zero_()
         if bottom > 0:
@@ -93,18 +120,31 @@ class ConvNetKernel(nn.Module):
             buf[:, top : top + h, :left].zero_()
         if right > 0:
             buf[:, top : top + h, left + w :].zero_()
-        return buf, buf[:, top : top + h, left : left + w], top, left
+        interior = buf[:, top : top + h, left : left + w]
+        self.shaped[inner] = interior
+        return buf, interior, top, left
 
     def _col2im(self, dcols: Tensor, hp: int, wp: int, key: str) -> Tensor:
         """Adjoint of im2col: adds the 9 taps of (N, Ho, Wo, 3, 3, C) into (N, Hp, Wp, C)."""
         n, ho, wo, c = dcols.size(0), dcols.size(1), dcols.size(2), dcols.size(5)
-        dxp = self._buf(key, [n, hp, wp, c], dcols).zero_()
-        he, we = self.stride * (ho - 1) + 1, self.stride * (wo - 1) + 1
-        for kh in range(3):
-            for kw in range(3):
-                dxp[:, kh : kh + he : self.stride, kw : kw + we : self.stride, :].add_(
-                    dcols[:, :, :, kh, kw, :]
-                )
+        dxp = self._buf(key, [n, hp, wp, c], dcols)
+        taps: list[Tensor] = []
+        if key in self.taps:
+            taps = self.taps[key]
+            # Valid while the shapes hold: `_buf` drops every tap list when it replaces a buffer.
+            if taps[0].size() != dxp.size() or taps[1].size() != dcols.size():
+                taps = []
+        if len(taps) == 0:  # (destination, source) view pairs, built once per shape
+            taps = [dxp, dcols]
+            he, we = self.stride * (ho - 1) + 1, self.stride * (wo - 1) + 1
+            for kh in range(3):
+                for kw in range(3):
+                    taps.append(dxp[:, kh : kh + he : self.stride, kw : kw + we : self.stride, :])
+                    taps.append(dcols[:, :, :, kh, kw, :])
+            self.taps[key] = taps
+        dxp.zero_()
+        for j in range(2, 20, 2):
+            taps[j].add_(taps[j + 1])
         return dxp
 
     def _maxpool(self, a: Tensor) -> Tensor:
@@ -121,7 +161,7 @@ class ConvNetKernel(nn.Module):
         ph, pw = h % 2, w % 2
         if ph > 0 or pw > 0:
             a = F.pad(a, [0, 0, 0, pw, 0, ph])
-        g = torch.sign(pooled) * g  # ReLU backward: pooled >= 0
+        g = torch.ops.aten.threshold_backward(g, pooled, 0.0)  # the ReLU backward
         h2, w2 = pooled.size(1), pooled.size(2)
         mask = a.view(n, h2, 2, w2, 2, c) == pooled.view(n, h2, 1, w2, 1, c)
         out = (mask * g.view(n, h2, 1, w2, 1, c)).view(n, 2 * h2, 2 * w2, c)
@@ -173,7 +213,9 @@ class ConvNetKernel(nn.Module):
             if comm >= 0:
                 total = _allreduce(comm, rank, total)
             z.sub_(total / m_all)
-            squares = torch.mul(z, z, out=self._buf("sq", [t, m, o], x)).sum(1, keepdim=True)
+            squares = torch.mul(z, z, out=self._buf("sq" + str(i), [t, m, o], x)).sum(
+                1, keepdim=True
+            )
             if comm >= 0:
                 squares = _allreduce(comm, rank, squares)
             r = squares.div_(m_all).add_(self.eps).rsqrt_()
@@ -264,13 +306,14 @@ class ConvNetKernel(nn.Module):
             if self.pool:
                 da = self._maxpool_backward(da, a, pooled)
             m, o = z.size(1), z.size(2)
-            # dL/d(BN output) = dL/da * [a > 0]; a >= 0, so [a > 0] = sign(a).
-            gy = torch.sign(a, out=self._buf("gy" + str(i), [n, a.size(1), a.size(2), o], z))
-            gy = gy.mul_(da).view(t, m, o)
+            # dL/d(BN output) = dL/da * [a > 0] (the ReLU backward, one fused kernel)
+            gy = torch.ops.aten.threshold_backward(da, a, 0.0).view(t, m, o)
             sums = torch.cat(
                 [
                     gy.sum(1, keepdim=True),
-                    torch.mul(gy, z, out=self._buf("sq", [t, m, o], z)).sum(1, keepdim=True),
+                    torch.mul(gy, z, out=self._buf("sq" + str(i), [t, m, o], z)).sum(
+                        1, keepdim=True
+                    ),
                 ],
                 1,
             )
@@ -292,14 +335,18 @@ class ConvNetKernel(nn.Module):
                 grads[4 * i + 3].zero_()
             grads[4 * i + 1].zero_()  # the conv bias: BatchNorm cancels it exactly
             dwm = torch.bmm(
-                cols.view(t, m, 9 * c).transpose(1, 2), dz, out=self._buf("dw", [t, 9 * c, o], z)
+                cols.view(t, m, 9 * c).transpose(1, 2),
+                dz,
+                out=self._buf("dw" + str(i), [t, 9 * c, o], z),
             )
             if gemm:
                 grads[4 * i].copy_(dwm.view(t, 3, 3, c, o))
             else:
                 grads[4 * i].copy_(dwm.view(t, 3, 3, c, o).permute(0, 4, 3, 1, 2))
             if i > 0:
-                dcols = torch.bmm(dz, wm.transpose(1, 2), out=self._buf("dcols", [t, m, 9 * c], z))
+                dcols = torch.bmm(
+                    dz, wm.transpose(1, 2), out=self._buf("dcols" + str(i), [t, m, 9 * c], z)
+                )
                 dxp = self._col2im(dcols.view(cols.shape), hp, wp, "dxp" + str(i))
                 da = dxp[:, top : top + h, left : left + w, :]
         return loss
