@@ -267,3 +267,49 @@ def test_eager_fallback_gives_the_scripted_numbers(monkeypatch):
     torch.testing.assert_close(eager[0][0], scripted[0], rtol=0, atol=0)
     for name in params:
         torch.testing.assert_close(eager[0][1][name], scripted[1][name], rtol=0, atol=0)
+
+
+def test_cuda_matches_the_reference():
+    """On a GPU (skipped without one): the fast oracle and its inner loop against the vmap
+    reference, both in true fp32 (TF32 off, else cuDNN's reference itself is off by ~1e-2)."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    from reptorch import tree
+    from reptorch.adapt import adapt
+    from reptorch.functional import FunctionalModel
+    from reptorch.inner_optim import Adam
+
+    flags = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        for case in (0, 2, 5):
+            make, shape, tasks, ways, per_class = CASES[case]
+            gen = torch.Generator().manual_seed(case)
+            torch.manual_seed(case)
+            net = make(ways).cuda()
+            params = {
+                k: v.cuda()
+                for k, v in _batched_params(net.cpu(), tasks, torch.float32, gen).items()
+            }
+            net.cuda()
+            x, y = (t.cuda() for t in _inputs(tasks, ways, per_class, shape, torch.float32, gen))
+            ref_grads, ref_loss = _reference(net)(params, x, y)
+            loss, grads = fast_loss_and_grad_for(net)(params, x, y)
+            torch.testing.assert_close(loss, ref_loss, rtol=1e-4, atol=2e-5)
+            for name in params:
+                torch.testing.assert_close(grads[name], ref_grads[name], rtol=1e-4, atol=2e-5)
+        model = FunctionalModel(OmniglotNet(5).cuda())
+        phi = model.init_params()
+        gen = torch.Generator().manual_seed(3)
+        batches = [
+            tuple(t.cuda() for t in _inputs(3, 5, 2, (1, 28, 28), torch.float32, gen))
+            for _ in range(4)
+        ]
+        opt = Adam(1e-3)
+        params = tree.expand(phi, 3)
+        ref = adapt(model.vmap_loss_and_grad(), params, batches, opt, opt.init(phi))
+        new = adapt(model.batched_loss_and_grad(), params, batches, opt, opt.init(phi))
+        for name in phi:
+            torch.testing.assert_close(new.params[name], ref.params[name], rtol=1e-4, atol=1e-5)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = flags
