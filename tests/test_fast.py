@@ -133,12 +133,14 @@ def test_fast_inner_loop_matches_core_adapt(plan: str, optimizer: str, monkeypat
     from reptorch.functional import FunctionalModel
     from reptorch.inner_optim import SGD, Adam
 
+    # float64: in float32 a ReLU input within rounding of 0 can flip between two summation
+    # orders (seen on an Intel CPU: one channel of one task, 3e-4 after 4 SGD steps).
     torch.manual_seed(3)
-    model = FunctionalModel(OmniglotNet(5))
+    model = FunctionalModel(OmniglotNet(5).double())
     phi = model.init_params()
     gen = torch.Generator().manual_seed(3)
     tasks, steps = 3, 4
-    batches = [_inputs(tasks, 5, 2, (1, 28, 28), torch.float32, gen) for _ in range(steps)]
+    batches = [_inputs(tasks, 5, 2, (1, 28, 28), torch.float64, gen) for _ in range(steps)]
     opt = Adam(1e-3) if optimizer == "adam" else SGD(0.05)
     state = opt.init(phi)
     if optimizer == "adam":  # a carried state: no task dim, nonzero moments, step > 0
@@ -152,7 +154,7 @@ def test_fast_inner_loop_matches_core_adapt(plan: str, optimizer: str, monkeypat
     if forced is not None:  # whole tasks (one per work item) or every task's images split
         monkeypatch.setattr(oracle, "plan", lambda tasks, batch, workers: forced)
     new = oracle.adapt(params, batches, opt, state, weight_decay=0.999)
-    tol = dict(rtol=1e-4, atol=1e-5)
+    tol = dict(rtol=1e-9, atol=1e-11)
     torch.testing.assert_close(new.losses, ref.losses, **tol)
     assert new.state.step == ref.state.step
     for name in phi:
@@ -163,7 +165,7 @@ def test_fast_inner_loop_matches_core_adapt(plan: str, optimizer: str, monkeypat
                 continue
             torch.testing.assert_close(new.state.exp_avg[name], ref.state.exp_avg[name], **tol)
             torch.testing.assert_close(
-                new.state.exp_avg_sq[name], ref.state.exp_avg_sq[name], rtol=1e-3, atol=1e-12
+                new.state.exp_avg_sq[name], ref.state.exp_avg_sq[name], rtol=1e-6, atol=1e-20
             )
 
 
@@ -295,9 +297,10 @@ def test_cuda_matches_the_reference():
             x, y = (t.cuda() for t in _inputs(tasks, ways, per_class, shape, torch.float32, gen))
             ref_grads, ref_loss = _reference(net)(params, x, y)
             loss, grads = fast_loss_and_grad_for(net)(params, x, y)
-            torch.testing.assert_close(loss, ref_loss, rtol=1e-4, atol=2e-5)
+            # GPU reductions sum in other orders than the CPU: a little more slack than there
+            torch.testing.assert_close(loss, ref_loss, rtol=1e-4, atol=5e-5)
             for name in params:
-                torch.testing.assert_close(grads[name], ref_grads[name], rtol=1e-4, atol=2e-5)
+                torch.testing.assert_close(grads[name], ref_grads[name], rtol=1e-4, atol=5e-5)
         model = FunctionalModel(OmniglotNet(5).cuda())
         phi = model.init_params()
         gen = torch.Generator().manual_seed(3)
