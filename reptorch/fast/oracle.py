@@ -33,6 +33,7 @@ from reptorch.models import ConvBlock, FourBlockNet, MiniImageNetNet, OmniglotNe
 ITEM_TASKS = 5  # tasks per work item when sharing by tasks (see docs/benchmarks.md)
 _POOLS: dict[int, ThreadPoolExecutor] = {}
 _POOLS_LOCK = threading.Lock()
+_GROUP_LOCK = threading.Lock()
 
 
 def _single_threaded() -> None:
@@ -255,7 +256,9 @@ class ConvNetOracle:
                 group.abort()  # release the others from their barriers
                 raise
 
-        with comm.Group(size) as group:
+        # One group at a time per process: two groups sharing the pool could each hold a thread
+        # while waiting for a member queued behind the other's (a deadlock).
+        with _GROUP_LOCK, comm.Group(size) as group:
             futures = [_pool(size).submit(run, rank, group) for rank in range(size)]
             errors = [f.exception() for f in futures]
         real = [e for e in errors if e is not None and "BrokenBarrier" not in repr(e)]
