@@ -147,7 +147,11 @@ def test_fast_inner_loop_matches_core_adapt(plan: str, optimizer: str, monkeypat
         state = state._replace(
             step=9, exp_avg_sq=tree.tree_map(lambda v: v + 1e-6, state.exp_avg_sq)
         )
-    params = tree.expand(phi, tasks)
+    # distinct starting points per task, so each work item must fill its own rows
+    noise = {
+        k: 1e-2 * torch.randn(tasks, *v.shape, generator=gen, dtype=v.dtype) for k, v in phi.items()
+    }
+    params = tree.add(tree.expand(phi, tasks), noise)
     ref = adapt(model.vmap_loss_and_grad(), params, batches, opt, state, weight_decay=0.999)
     workers, forced = PLANS[plan]
     oracle = fast_loss_and_grad_for(model.module, workers=workers)

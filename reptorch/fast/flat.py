@@ -47,6 +47,18 @@ class FlatLayout:
     def pack(self, tree: Params, tasks: int, like: Tensor) -> Tensor:
         """A new (T, P) buffer holding `tree`; leaves with or without a task dim broadcast."""
         flat = like.new_empty(tasks, self.size)
-        for name, view in self.views(flat).items():
-            view.copy_(tree[name])
+        self.fill(flat, tree)
         return flat
+
+    def fill(self, flat: Tensor, tree: Params, rows: slice = slice(None)) -> None:
+        """Writes `tree`'s tasks `rows` into `flat` (those rows of a (T, P) buffer).
+
+        A leaf with a task dim of size > 1 is sliced to `rows`; one without a task dim, or with a
+        task dim of size 1, is broadcast.
+        """
+        views = self.views(flat)
+        for name, shape in zip(self.names, self.shapes, strict=True):
+            value = tree[name]
+            if value.dim() > len(shape) and value.shape[0] > 1:
+                value = value[rows]
+            views[name].copy_(value)

@@ -181,22 +181,32 @@ class ConvNetOracle:
         with torch.no_grad():
             gemm_params = {k: to_gemm(k, v, batched=True) for k, v in params.items()}
             layout = FlatLayout.of(gemm_params, batched=True)
-            flat = layout.pack(gemm_params, tasks, x0)
+            sources = [gemm_params]
             if is_adam:
-                m = layout.pack({k: to_gemm(k, v) for k, v in state.exp_avg.items()}, tasks, x0)
-                v = layout.pack({k: to_gemm(k, v) for k, v in state.exp_avg_sq.items()}, tasks, x0)
+                moments = (state.exp_avg, state.exp_avg_sq)
+                sources += [{k: to_gemm(k, v) for k, v in tree.items()} for tree in moments]
                 hyper = [1.0, optimizer.lr, optimizer.beta1, optimizer.beta2, optimizer.eps]
             else:
-                m = v = flat[:, :0]  # unused
                 hyper = [0.0, optimizer.lr, 0.0, 0.0, 0.0]
             hyper.append(float(weight_decay))
-            step0 = state.step
+            # params, exp_avg, exp_avg_sq; filled by the workers, each its own rows
+            buffers = [x0.new_empty(tasks, layout.size) for _ in sources]
+            flat, m, v = buffers if is_adam else (buffers[0], None, None)
+
+            def fill(rows: slice) -> None:
+                for buffer, source in zip(buffers, sources):
+                    layout.fill(buffer[rows], source, rows)
+
             xs = [x for x, _ in batches]
             ys = [y for _, y in batches]
             workers = self._workers(x0)
             mode, share = self.plan(tasks, batch, workers)
+            if mode == "images":
+                fill(slice(None))
+            if m is None:
+                m = v = flat[:, :0]  # unused by SGD
             with self._busy:  # the scratch buffers are this oracle's: one adapt at a time
-                losses = self._run(layout, flat, m, v, xs, ys, hyper, step0, mode, share)
+                losses = self._run(layout, flat, m, v, xs, ys, hyper, state.step, mode, share, fill)
         steps = state.step + len(batches)
         new_params = from_gemm_views(layout, flat)
         if is_adam:
@@ -205,18 +215,19 @@ class ConvNetOracle:
             new_state = SGDState(steps)
         return AdaptResult(new_params, new_state, losses)
 
-    def _run(self, layout, flat, m, v, xs, ys, hyper, step0, mode, share) -> Tensor:
+    def _run(self, layout, flat, m, v, xs, ys, hyper, step0, mode, share, fill) -> Tensor:
         if mode == "images":
             return self._adapt_by_images(layout, flat, m, v, xs, ys, hyper, step0, share)
-        return self._adapt_by_tasks(layout, flat, m, v, xs, ys, hyper, step0, share)
+        return self._adapt_by_tasks(layout, flat, m, v, xs, ys, hyper, step0, share, fill)
 
-    def _adapt_by_tasks(self, layout, flat, m, v, xs, ys, hyper, step0, per_item) -> Tensor:
+    def _adapt_by_tasks(self, layout, flat, m, v, xs, ys, hyper, step0, per_item, fill) -> Tensor:
         tasks = flat.shape[0]
         losses = flat.new_empty(len(xs), tasks)
         grad, denom = self._scratch("grad", flat), self._scratch("denom", flat)
 
         def run(s: slice) -> None:
             with torch.no_grad():
+                fill(s)  # in the worker: its rows, in parallel, just before use
                 p, g = flat[s], grad[s]
                 pv, gv = layout.views(p), layout.views(g)
                 params, grads = [pv[k] for k in self._names], [gv[k] for k in self._names]
