@@ -12,8 +12,9 @@ holds a core. Two ways to share (`ConvNetOracle.plan`):
 - by tasks: many small independent items (a few tasks each, all k steps), taken from a queue, so
   the load balances and each item's buffers stay in cache (evaluation: hundreds of tasks);
 - by images: every worker takes its share of every task's mini-batch, and the workers sum
-  BatchNorm statistics and gradients (`reptorch.fast.comm`): 5 tasks on 2 cores would otherwise
-  split 3/2 and leave a core idle a fifth of the time (meta-training).
+  BatchNorm statistics and gradients (`reptorch.fast.comm`), for when whole tasks would leave
+  cores idle much longer (one task; fewer tasks than cores). For the paper's 5 tasks on 2 cores
+  the 3/2 split of whole tasks measured faster than these dozen meetings per step.
 """
 
 from __future__ import annotations
@@ -282,7 +283,7 @@ def to_gemm(name: str, value: Tensor, batched: bool = False) -> Tensor:
     """Conv weights (..., O, C, 3, 3) as contiguous (..., 3, 3, C, O): the kernel's GEMM layout.
 
     A task dim that is an expanded view of one tensor (every task starting from phi) is cut to
-    size 1, so the transposing copy is done once, then broadcast by `FlatLayout.pack`.
+    size 1, so the transposing copy is done once, then broadcast by `FlatLayout.fill`.
     """
     if not name.endswith("conv.weight"):
         return value
