@@ -322,3 +322,15 @@ def test_cuda_matches_the_reference():
             torch.testing.assert_close(new.params[name], ref.params[name], rtol=1e-4, atol=1e-5)
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = flags
+
+
+def test_functional_model_picks_the_fast_oracle_only_where_it_applies():
+    from reptorch.functional import FunctionalModel
+
+    model = FunctionalModel(OmniglotNet(5))
+    assert isinstance(model.batched_loss_and_grad(), ConvNetOracle)
+    assert not isinstance(model.batched_loss_and_grad(fast=False), ConvNetOracle)
+    # The fast oracle hard-codes cross-entropy: another loss gets the generic vmap oracle.
+    mse = FunctionalModel(OmniglotNet(5), loss_fn=lambda out, y: (out - y).pow(2).mean())
+    assert not isinstance(mse.batched_loss_and_grad(), ConvNetOracle)
+    assert not isinstance(FunctionalModel(SineMLP()).batched_loss_and_grad(), ConvNetOracle)
