@@ -16,7 +16,7 @@ so results do not depend on the chunk size. Regression tasks (sine) report the q
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,20 +81,6 @@ class EvalResult:
         }
 
 
-def fast_paths(
-    module: nn.Module, workers: int | None = None
-) -> tuple[Callable | None, Callable | None]:
-    """(batched oracle, batched forward) of `reptorch.fast` for `module`, or Nones.
-
-    `workers`: CPU threads splitting the tasks (None: the caller's torch thread count).
-    """
-    try:
-        from reptorch.fast import fast_logits_for, fast_loss_and_grad_for
-    except ImportError:  # the fast path is optional
-        return None, None
-    return fast_loss_and_grad_for(module, workers), fast_logits_for(module, workers)
-
-
 class Evaluator:
     """Fine-tunes and predicts T tasks at once with the vmapped (or `reptorch.fast`) oracle."""
 
@@ -112,9 +98,8 @@ class Evaluator:
             FunctionalModel(module) if loss_fn is None else FunctionalModel(module, loss_fn)
         )
         self.optimizer, self.spec = optimizer, spec
-        oracle, forward = fast_paths(module, workers) if use_fast else (None, None)
-        self.oracle = oracle or self.model.batched_loss_and_grad(fast=use_fast)
-        self.forward = forward or self.model.batched_forward(fast=use_fast)
+        self.oracle = self.model.batched_loss_and_grad(fast=use_fast, workers=workers)
+        self.forward = self.model.batched_forward(fast=use_fast, workers=workers)
 
     def fine_tune(self, phi: Params, state: Any, tasks: EvalTasks, indices: torch.Tensor):
         """theta_k of each task: `inner_iters` steps from (phi, state) on its support batches."""

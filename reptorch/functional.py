@@ -56,28 +56,31 @@ class FunctionalModel:
         grads, loss = grad_and_value(self.loss)(params, x, y)
         return loss, grads
 
-    def batched_loss_and_grad(self, fast: bool = True) -> LossAndGrad:
+    def batched_loss_and_grad(self, fast: bool = True, workers: int | None = None) -> LossAndGrad:
         """The same oracle over a leading task dimension (each task its own params and batch).
 
         For the paper's conv nets with cross-entropy this is `reptorch.fast`'s hand-written,
         task-parallel oracle (same values to float rounding, and its own inner loop for `adapt`);
-        otherwise, or with `fast=False`, `vmap_loss_and_grad()`.
+        otherwise, or with `fast=False`, `vmap_loss_and_grad()`. `workers`: the fast oracle's CPU
+        threads (None: the caller's torch thread count).
         """
-        oracle = self._fast("fast_loss_and_grad_for") if fast else None
+        # the fast oracle hard-codes the softmax cross-entropy
+        fast = fast and self.loss_fn is F.cross_entropy
+        oracle = self._fast("fast_loss_and_grad_for", workers) if fast else None
         return oracle or self.vmap_loss_and_grad()
 
-    def batched_forward(self, fast: bool = True) -> Callable[[Params, torch.Tensor], torch.Tensor]:
+    def batched_forward(
+        self, fast: bool = True, workers: int | None = None
+    ) -> Callable[[Params, torch.Tensor], torch.Tensor]:
         """Logits for T tasks at once: (T-batched params, x (T, B, ...)) -> (T, B, classes)."""
-        forward = self._fast("fast_logits_for") if fast else None
+        forward = self._fast("fast_logits_for", workers) if fast else None
         return forward or vmap(self.__call__)
 
     def vmap_loss_and_grad(self) -> LossAndGrad:
         """`vmap(loss_and_grad)`: the generic batched autograd oracle, the fast path's reference."""
         return vmap(self.loss_and_grad)
 
-    def _fast(self, factory: str) -> Callable | None:
-        if self.loss_fn is not F.cross_entropy:
-            return None  # the fast oracle hard-codes the softmax cross-entropy
+    def _fast(self, factory: str, workers: int | None) -> Callable | None:
         from reptorch import fast  # late: reptorch.fast builds on this module's neighbours
 
-        return getattr(fast, factory)(self.module)
+        return getattr(fast, factory)(self.module, workers)

@@ -61,7 +61,11 @@ class ConvNetKernel(nn.Module):
         self.taps = {}
 
     def _buf(self, key: str, shape: list[int], like: Tensor) -> Tensor:
-        """The scratch tensor `key` with this shape, reused while shape, dtype and device hold.
+        """The scratch tensor `key` with this shape, reused while shape, dtype and device hold."""
+        return self._cached(key, shape, like)[0]
+
+    def _cached(self, key: str, shape: list[int], like: Tensor) -> tuple[Tensor, bool]:
+        """`_buf` and whether the view is new (new shape or new buffer) since the last call.
 
         The view itself is cached, so a step costs no slicing or viewing ops for its buffers
         (a TorchScript op costs ~1 us; a step has hundreds of them).
@@ -69,7 +73,7 @@ class ConvNetKernel(nn.Module):
         if key in self.shaped:
             view = self.shaped[key]
             if view.size() == shape and view.dtype == like.dtype and view.device == like.device:
-                return view
+                return view, False
         n = 1
         for size in shape:
             n *= size
@@ -82,7 +86,7 @@ class ConvNetKernel(nn.Module):
             self.taps.clear()  # tap views may point into a replaced buffer
         view = buf[:n].view(shape)
         self.shaped[key] = view
-        return view
+        return view, True
 
     @torch.jit.export
     def clear(self) -> None:
@@ -107,11 +111,9 @@ class ConvNetKernel(nn.Module):
         left, right = self._same(w)
         shape = [n, h + top + bottom, w + left + right, c]
         inner = key + ":interior"
-        if key in self.shaped and inner in self.shaped:
-            buf = self.shaped[key]  # what _buf would return: same shape, same buffer
-            if buf.size() == shape and buf.dtype == like.dtype and buf.device == like.device:
-                return buf, self.shaped[inner], top, left
-        buf = self._buf(key, shape, like)
+        buf, new = self._cached(key, shape, like)
+        if not new and inner in self.shaped:
+            return buf, self.shaped[inner], top, left
         if top > 0:
             buf[:, :top].zero_()
         if bottom > 0:

@@ -136,7 +136,7 @@ class ConvNetOracle:
             part = {k: v[s] for k, v in params.items()}
             loss[s] = convnet.loss_and_grad(part, x[s], y[s], self.spec, out=out)[0]
 
-        self._map(run, tasks, -(-tasks // max(1, workers)), workers)
+        self._map(run, tasks, -(-tasks // workers), workers)
         return loss, grads
 
     def logits(self, params: Params, x: Tensor) -> Tensor:
@@ -207,7 +207,14 @@ class ConvNetOracle:
             if m is None:
                 m = v = flat[:, :0]  # unused by SGD
             with self._busy:  # the scratch buffers are this oracle's: one adapt at a time
-                losses = self._run(layout, flat, m, v, xs, ys, hyper, state.step, mode, share, fill)
+                if mode == "images":
+                    losses = self._adapt_by_images(
+                        layout, flat, m, v, xs, ys, hyper, state.step, share
+                    )
+                else:
+                    losses = self._adapt_by_tasks(
+                        layout, flat, m, v, xs, ys, hyper, state.step, share, fill
+                    )
         steps = state.step + len(batches)
         new_params = from_gemm_views(layout, flat)
         if is_adam:
@@ -216,10 +223,10 @@ class ConvNetOracle:
             new_state = SGDState(steps)
         return AdaptResult(new_params, new_state, losses)
 
-    def _run(self, layout, flat, m, v, xs, ys, hyper, step0, mode, share, fill) -> Tensor:
-        if mode == "images":
-            return self._adapt_by_images(layout, flat, m, v, xs, ys, hyper, step0, share)
-        return self._adapt_by_tasks(layout, flat, m, v, xs, ys, hyper, step0, share, fill)
+    def _in_kernel_order(self, layout: FlatLayout, buffer: Tensor) -> list[Tensor]:
+        """The per-parameter views of a flat buffer, in the kernel's parameter order."""
+        views = layout.views(buffer)
+        return [views[k] for k in self._names]
 
     def _adapt_by_tasks(self, layout, flat, m, v, xs, ys, hyper, step0, per_item, fill) -> Tensor:
         tasks = flat.shape[0]
@@ -230,8 +237,7 @@ class ConvNetOracle:
             with torch.no_grad():
                 fill(s)  # in the worker: its rows, in parallel, just before use
                 p, g = flat[s], grad[s]
-                pv, gv = layout.views(p), layout.views(g)
-                params, grads = [pv[k] for k in self._names], [gv[k] for k in self._names]
+                params, grads = self._in_kernel_order(layout, p), self._in_kernel_order(layout, g)
                 convnet.kernel(self.spec).adapt(
                     params, grads, p, [g], g, m[s], v[s], denom[s],
                     [x[s] for x in xs], [y[s] for y in ys], losses[:, s],
@@ -247,16 +253,14 @@ class ConvNetOracle:
         partials = [self._scratch(f"partial{rank}", flat) for rank in range(size)]
         total, denom = self._scratch("total", flat), self._scratch("denom", flat)
         losses = [flat.new_empty(len(xs), tasks) for _ in range(size)]
-        views = layout.views(flat)
-        params = [views[k] for k in self._names]
+        params = self._in_kernel_order(layout, flat)
         images = _chunks(batch, size)
         columns = _chunks(-(-width // 16), size)  # 64-byte aligned column shares
 
         def run(rank: int, group: comm.Group) -> None:
             lo, hi = min(16 * columns[rank].start, width), min(16 * columns[rank].stop, width)
             s = images[rank]
-            partial = layout.views(partials[rank])
-            grads = [partial[k] for k in self._names]
+            grads = self._in_kernel_order(layout, partials[rank])
             try:
                 with torch.no_grad():
                     convnet.kernel(self.spec).adapt(
