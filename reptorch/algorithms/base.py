@@ -8,6 +8,7 @@ only `task_update`, the per-task contribution to D.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
@@ -73,6 +74,9 @@ class MetaAlgorithm:
         self.parallel = parallel
         self.weight_decay = weight_decay
         self.batched_loss_and_grad = batched_loss_and_grad or model.batched_loss_and_grad()
+        # the mean of a batched tree over the meta-batch's tasks; across processes the one
+        # over all processes' tasks (`reptorch.distributed.Group.task_mean`, set by MetaLearner)
+        self.task_mean: Callable[[Params], Params] = tree.batch_mean
 
     @property
     def carries(self) -> bool:
@@ -105,8 +109,10 @@ class MetaAlgorithm:
                 batches.append(tail)
             phis = tree.expand(phi, xs.shape[0])
             result = self.task_update(self.batched_loss_and_grad, phis, batches, start)
-            carried = merge_task_states(result.state) if self.carries else inner_state
-            return MetaStep(tree.batch_mean(result.update), carried, result.losses.T)
+            carried = (
+                merge_task_states(result.state, self.task_mean) if self.carries else inner_state
+            )
+            return MetaStep(self.task_mean(result.update), carried, result.losses.T)
         updates, losses, state = [], [], start
         for i in range(xs.shape[0]):
             task_tail = None if tail is None else (tail[0][i], tail[1][i])

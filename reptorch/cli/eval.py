@@ -2,6 +2,7 @@
 
 Reads `config.json` and the newest checkpoint of `--checkpoint DIR`, fine-tunes on each seeded
 task's support set exactly as the reference does and reports mean +- 95% CI over the tasks.
+Under torchrun the processes share the task list; rank 0 prints and saves the result.
 """
 
 from __future__ import annotations
@@ -9,7 +10,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from reptorch.cli.train import cpu_threads, report
+from reptorch import distributed
+from reptorch.cli.train import add_dist_timeout, cpu_threads, report
 from reptorch.training import load_trainer
 
 
@@ -47,12 +49,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", help="torch device (default: the run's)")
     parser.add_argument("--json", action="store_true", help="print one JSON object as last line")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_dist_timeout(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    workers = cpu_threads()
+    group = distributed.setup(args.device, args.dist_timeout)
+    try:
+        return _evaluate(args, workers, group)
+    finally:
+        distributed.close()
+
+
+def _evaluate(args: argparse.Namespace, workers: int, group: distributed.Group) -> int:
     directory = Path(args.checkpoint)
-    trainer = load_trainer(directory, args.device, args.data_dir, cpu_threads())
+    trainer = load_trainer(directory, args.device, args.data_dir, workers, group)
     summary = trainer.evaluate(
         split=args.split,
         num_tasks=args.eval_samples,
@@ -66,5 +78,6 @@ def run(args: argparse.Namespace) -> int:
         inner_iters=args.eval_iters,
         inner_batch=args.eval_batch,
     )
-    report(summary, directory, args.json)
+    if group.is_main:
+        report(summary, directory, args.json)
     return 0
