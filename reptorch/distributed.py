@@ -25,6 +25,7 @@ A wrapper, not a fork: training and evaluation run the same code with one proces
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -152,16 +153,27 @@ class Group:
         try:
             return collective(*args)
         except RuntimeError as error:  # gloo: a timeout, or a peer's closed connection
-            cause = str(error).splitlines()[0] if str(error) else type(error).__name__
+            cause = _first_sentence(str(error)) or type(error).__name__
+            if "timed out" in cause.lower():
+                happened = (
+                    f"no answer from the other processes ({what}) within the {self.timeout:g} s "
+                    f"timeout (--dist-timeout): one of them hangs or died"
+                )
+            else:
+                happened = f"lost the other processes ({what}): one of them died"
             raise DistributedError(
-                f"rank {self.rank}: no answer from the other processes ({what}) within the "
-                f"{self.timeout:g} s timeout: one of them died or hangs (see its output); "
-                f"torchrun --max-restarts K restarts the group from the last checkpoint; "
-                f"--dist-timeout sets the wait [{cause}]"
+                f"rank {self.rank}: {happened}; see its output (torchrun --max-restarts K "
+                f"restarts the group from the last checkpoint) [{cause}]"
             ) from None
 
 
 LOCAL = Group()
+
+
+def _first_sentence(message: str) -> str:
+    """gloo's message without its source location: '[.../pair.cc:537] Read error ...'."""
+    text = re.sub(r"^\[[^\]]*\]\s*", "", message.strip().splitlines()[0] if message else "")
+    return text.split(". ")[0]
 
 
 def shared(error: ReptorchError) -> ReptorchError:
@@ -217,8 +229,23 @@ def setup(device: str | None = None, timeout: float | None = None) -> Group:
             )
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
-        dist.init_process_group(backend, timeout=timedelta(seconds=seconds))
+        wait = timedelta(seconds=seconds)
+        store = _attempt_store(wait)
+        dist.init_process_group(backend, store=store, rank=rank, world_size=size, timeout=wait)
     return Group(rank, size, local_rank, backend, seconds)
+
+
+def _attempt_store(timeout: timedelta) -> dist.Store:
+    """torchrun's key-value store (env://), under a prefix of this restart of the group.
+
+    torchrun keeps one store across the restarts of a group (--max-restarts), and the process
+    group's keys carry no attempt number: a restarted gloo group read its dead predecessor's
+    addresses and failed ('connectFullMesh failed ... Connection refused').
+    """
+    store, _, _ = next(dist.rendezvous("env://", timeout=timeout))
+    store.set_timeout(timeout)
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return dist.PrefixStore(f"reptorch/attempt-{attempt}", store)
 
 
 def device_for(group: Group, requested: str) -> str:

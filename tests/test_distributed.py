@@ -65,24 +65,48 @@ def train_args(data: Path, run: Path, iters: int = ITERS) -> list[str]:
     return ["train", *TINY, "--meta-iters", str(iters), *where]
 
 
-def torchrun(nproc: int, *args: str, launcher: tuple[str, ...] = ()) -> list[str]:
-    """A torchrun command on loopback; `launcher` replaces the single-node rendezvous."""
-    rendezvous = launcher or ("--master-addr", "127.0.0.1", "--master-port", str(free_port()))
+def torchrun(nproc: int, *args: str, nodes: int = 1, port: int | None = None) -> list[str]:
+    """A torchrun command, c10d rendezvous on loopback (`nodes` launchers meet at `port`)."""
+    port = port or free_port()
     run = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc)]
-    return [*run, "--monitor-interval", "0.1", *rendezvous, *args]
+    run += ["--nnodes", str(nodes), "--rdzv-backend", "c10d", "--rdzv-id", f"reptorch-{port}"]
+    run += ["--rdzv-endpoint", f"127.0.0.1:{port}", "--local-addr", "127.0.0.1"]
+    return [*run, "--monitor-interval", "0.1", *args]
+
+
+STARTED: list[subprocess.Popen] = []
 
 
 def start(command: list[str]) -> subprocess.Popen:
-    return subprocess.Popen(
+    process = subprocess.Popen(
         command, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
+    STARTED.append(process)
+    return process
+
+
+def kill(process: subprocess.Popen) -> None:
+    """A launcher and its workers (torchrun starts each in a session of its own)."""
+    for pid in workers(process.pid).values():
+        os.kill(pid, signal.SIGKILL)
+    process.kill()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _no_strays():
+    """Whatever a failed test left running (a launcher and its workers) is killed."""
+    yield
+    for process in STARTED:
+        if process.poll() is None:
+            kill(process)
+            process.communicate()
 
 
 def finish(process: subprocess.Popen, ok: bool = True) -> str:
     try:
         output, _ = process.communicate(timeout=LIMIT)
     except subprocess.TimeoutExpired:
-        process.kill()
+        kill(process)
         output, _ = process.communicate()
         pytest.fail(f"no end within {LIMIT} s:\n{output[-3000:]}")
     if ok:
@@ -91,9 +115,8 @@ def finish(process: subprocess.Popen, ok: bool = True) -> str:
 
 
 def two_nodes(port: int, *args: str) -> list[str]:
-    rendezvous = ("--nnodes", "2", "--rdzv-backend", "c10d", "--rdzv-id", f"reptorch-{port}")
-    rendezvous += ("--rdzv-endpoint", f"127.0.0.1:{port}", "--local-addr", "127.0.0.1")
-    return torchrun(1, "-m", "reptorch", *args, launcher=rendezvous)
+    """One of two launchers ("machines") of one process each, meeting at 127.0.0.1:port."""
+    return torchrun(1, "-m", "reptorch", *args, nodes=2, port=port)
 
 
 def workers(launcher_pid: int) -> dict[int, int]:
@@ -176,14 +199,15 @@ def test_one_two_and_five_processes_train_the_same_run(runs):
 
 
 def test_shared_evaluation_predicts_what_one_process_predicts(runs, shared_data, tmp_path):
+    """Every task's predictions (3 processes), and `torchrun -m reptorch eval` (2 processes)."""
     run = runs[0][1]
     out = tmp_path / "shared.pt"
     script = str(ROOT / "tests" / "distributed_eval.py")
     shared = start(torchrun(3, script, str(run), str(shared_data), "10", str(out)))
-    cli_eval = ["eval", "--checkpoint", str(run), "--eval-samples", "9", "--seed", "3", "--json"]
-    cli = start(torchrun(2, "-m", "reptorch", *cli_eval, "--no-progress"))
+    argv = ["eval", "--checkpoint", str(run), "--eval-samples", "9", "--seed", "3", "--json"]
+    cli = start(torchrun(2, "-m", "reptorch", *argv, "--no-progress"))
     finish(shared)
-    distributed = last_json(finish(cli))
+    output = finish(cli)
 
     trainer = load_trainer(run, "cpu", str(shared_data), 1)
     saved = torch.load(out)
@@ -197,7 +221,8 @@ def test_shared_evaluation_predicts_what_one_process_predicts(runs, shared_data,
         assert torch.equal(scores, result.scores), transductive
     single = trainer.evaluate(num_tasks=9, seed=3, progress=False)
     for key in ("accuracy", "ci95", "tasks", "seed", "split"):
-        assert distributed[key] == single[key], key
+        assert last_json(output)[key] == single[key], key
+    assert output.count('"accuracy"') == 1  # rank 0 alone reports
 
 
 def test_sigkill_of_a_worker_restarts_the_group_from_the_checkpoint(runs, shared_data, tmp_path):
@@ -232,7 +257,7 @@ def test_a_hung_worker_stops_the_job_through_the_timeout(shared_data, tmp_path):
     errors = [line for line in output.splitlines() if line.startswith("reptorch: error:")]
     assert len(errors) == 1, output[-3000:]  # rank 0 waited; rank 1 was stopped
     assert errors[0].startswith("reptorch: error: rank 0: no answer from the other processes (")
-    assert "within the 4 s timeout: one of them died or hangs" in errors[0]
+    assert "within the 4 s timeout (--dist-timeout): one of them hangs or died" in errors[0]
     assert "Timed out" in errors[0]
 
 
