@@ -294,22 +294,10 @@ class Trainer:
             )
 
     def evaluate(
-        self,
-        split: str = "test",
-        num_tasks: int | None = None,
-        seed: int | None = None,
-        inner_state: str = "checkpoint",
-        chunk: int | None = None,
-        progress: bool = True,
-        **spec_changes: Any,
+        self, split: str = "test", inner_state: str = "checkpoint", **options: Any
     ) -> dict[str, Any]:
-        """The final evaluation of phi on `num_tasks` seeded tasks of `split` (a summary dict).
-
-        inner_state: 'checkpoint' starts every task from the carried inner state saved with phi
-        (the reference), 'zero' from a fresh one. `spec_changes` override `EvalSpec` fields.
-        """
-        args = (split, num_tasks, seed, inner_state, chunk, progress)
-        result, spec, seed = self.evaluation(*args, **spec_changes)
+        """The summary (a dict) of `evaluation(split, inner_state=..., **options)`."""
+        result, spec, seed = self.evaluation(split, inner_state=inner_state, **options)
         summary = result.summary(spec, split, seed)
         summary.update(
             dataset=self.config.dataset,
@@ -329,8 +317,13 @@ class Trainer:
         progress: bool = True,
         **spec_changes: Any,
     ) -> tuple[EvalResult, EvalSpec, int]:
-        """`evaluate`'s scores and predictions per task, its spec and seed. With several
-        processes each evaluates its share of the task list; all get every task's results."""
+        """The final evaluation of phi on `num_tasks` seeded tasks of `split`: scores and
+        predictions per task, the spec and the seed. With several processes each evaluates its
+        share of the task list; all get every task's results.
+
+        inner_state: 'checkpoint' starts every task from the carried inner state saved with phi
+        (the reference), 'zero' from a fresh one. `spec_changes` override `EvalSpec` fields.
+        """
         c, group = self.config, self.group
         request = {"split": split, "tasks": num_tasks, "seed": seed, "inner_state": inner_state}
         group.agree("evaluation settings", {**request, **spec_changes})

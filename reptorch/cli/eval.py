@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 
 from reptorch import distributed
-from reptorch.cli.train import add_dist_timeout, cpu_threads, report
+from reptorch.cli.train import add_dist_timeout, in_group, report
 from reptorch.training import load_trainer
 
 
@@ -54,12 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    workers = cpu_threads()
-    group = distributed.setup(args.device, args.dist_timeout)
-    try:
-        return _evaluate(args, workers, group)
-    finally:
-        distributed.close()
+    return in_group(_evaluate, args)
 
 
 def _evaluate(args: argparse.Namespace, workers: int, group: distributed.Group) -> int:

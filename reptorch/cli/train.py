@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -186,13 +187,18 @@ def cpu_threads() -> int:
     return threads
 
 
-def run(args: argparse.Namespace) -> int:
+def in_group(body: Callable[[argparse.Namespace, int, distributed.Group], int], args) -> int:
+    """`body(args, workers, group)` in torchrun's process group (or alone), which it then leaves."""
     workers = cpu_threads()
     group = distributed.setup(args.device, args.dist_timeout)
     try:
-        return _train(args, workers, group)
+        return body(args, workers, group)
     finally:
         distributed.close()
+
+
+def run(args: argparse.Namespace) -> int:
+    return in_group(_train, args)
 
 
 def _train(args: argparse.Namespace, workers: int, group: distributed.Group) -> int:
