@@ -294,10 +294,20 @@ class Trainer:
             )
 
     def evaluate(
-        self, split: str = "test", inner_state: str = "checkpoint", **options: Any
+        self,
+        split: str = "test",
+        num_tasks: int | None = None,
+        seed: int | None = None,
+        inner_state: str = "checkpoint",
+        chunk: int | None = None,
+        progress: bool = True,
+        keep_scores: bool = False,
+        **spec_changes: Any,
     ) -> dict[str, Any]:
-        """The summary (a dict) of `evaluation(split, inner_state=..., **options)`."""
-        result, spec, seed = self.evaluation(split, inner_state=inner_state, **options)
+        """The summary (a dict) of `evaluation(...)` with the same arguments; keep_scores: also
+        every task's score (`"task_scores"`, in task order)."""
+        args = (split, num_tasks, seed, inner_state, chunk, progress)
+        result, spec, seed = self.evaluation(*args, **spec_changes)
         summary = result.summary(spec, split, seed)
         summary.update(
             dataset=self.config.dataset,
@@ -305,6 +315,8 @@ class Trainer:
             eval_inner_state=inner_state,
             tasks_per_second=round(result.scores.numel() / max(result.seconds, 1e-9), 1),
         )
+        if keep_scores:
+            summary["task_scores"] = result.scores.tolist()
         return summary
 
     def evaluation(

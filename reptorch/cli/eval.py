@@ -1,8 +1,9 @@
 """`reptorch eval`: few-shot accuracy of a trained run, rebuilt from its directory alone.
 
-Reads `config.json` and the newest checkpoint of `--checkpoint DIR`, fine-tunes on each seeded
-task's support set exactly as the reference does and reports mean +- 95% CI over the tasks.
-Under torchrun the processes share the task list; rank 0 prints and saves the result.
+Reads `config.json` and the newest checkpoint of `--checkpoint DIR` (or of the shipped model
+`--model NAME`, `reptorch.pretrained`), fine-tunes on each seeded task's support set exactly as
+the reference does and reports mean +- 95% CI over the tasks. Under torchrun the processes share
+the task list; rank 0 prints and saves the result.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from reptorch import distributed
+from reptorch import distributed, pretrained
 from reptorch.cli.train import add_dist_timeout, in_group, report
 from reptorch.training import load_trainer
 
@@ -21,7 +22,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="evaluate a trained run on seeded few-shot tasks (mean +- 95%% CI)",
         description="Settings not given are those the run was trained with (its config.json).",
     )
-    parser.add_argument("--checkpoint", required=True, help="run directory of `reptorch train`")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="run directory of `reptorch train`")
+    source.add_argument(
+        "--model", help=f"a shipped model: {', '.join(pretrained.names()) or 'none yet'}"
+    )
     parser.add_argument(
         "--transductive",
         action=argparse.BooleanOptionalAction,
@@ -58,7 +63,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace, workers: int, group: distributed.Group) -> int:
-    directory = Path(args.checkpoint)
+    if args.model is not None:  # read-only package data: the result is printed, not saved
+        directory, save_to = pretrained.path(args.model), None
+    else:
+        directory = save_to = Path(args.checkpoint)
     trainer = load_trainer(directory, args.device, args.data_dir, workers, group)
     summary = trainer.evaluate(
         split=args.split,
@@ -74,5 +82,5 @@ def _evaluate(args: argparse.Namespace, workers: int, group: distributed.Group) 
         inner_batch=args.eval_batch,
     )
     if group.is_main:
-        report(summary, directory, args.json)
+        report(summary, save_to, args.json)
     return 0
