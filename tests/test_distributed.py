@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from reptorch import tree
 from reptorch.checkpoint import list_checkpoints, load_checkpoint
 from reptorch.config import TrainConfig
 from reptorch.distributed import Group, timeout_seconds
@@ -311,3 +312,25 @@ def test_timeout_setting(monkeypatch):
     monkeypatch.setenv("REPTORCH_DIST_TIMEOUT", "soon")
     with pytest.raises(ConfigError, match="REPTORCH_DIST_TIMEOUT"):
         timeout_seconds()
+
+
+def test_task_mean_over_shares_equals_one_process_mean(monkeypatch):
+    """Rank 0 of 2 with tasks 0..2, its all-reduce adding what rank 1 sends for tasks 3..4:
+    the result is `tree.batch_mean` over all 5 tasks bit for bit, though the values span six
+    orders of magnitude (a float32 mean of means would not be)."""
+    g = torch.Generator().manual_seed(0)
+    scales = 10.0 ** torch.arange(-3, 2).float().view(5, 1, 1)
+    batched = {"w": torch.randn(5, 4, 3, generator=g) * scales, "b": torch.randn(5, 7)}
+    rank1 = [batched[k][3:].double().sum(0) for k in batched] + [torch.tensor([2.0]).double()]
+
+    def all_sum(self, tensors, what):
+        return [t + other for t, other in zip(tensors, rank1, strict=True)]
+
+    monkeypatch.setattr(Group, "all_sum", all_sum)
+    mine = {k: v[:3] for k, v in batched.items()}
+    merged = Group(0, 2).task_mean(mine)
+    for name, value in tree.batch_mean(batched).items():
+        assert merged[name].dtype == torch.float32
+        assert torch.equal(merged[name], value), name
+    weighted = {k: (v.mean(0) * 3 + batched[k][3:].mean(0) * 2) / 5 for k, v in mine.items()}
+    assert not all(torch.equal(weighted[k], merged[k]) for k in merged)  # float32 differs
