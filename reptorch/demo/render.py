@@ -5,7 +5,7 @@ A drawing is a list of strokes, each a list of (x, y) points in any frame whose 
 - centred on the bounding box of its points: the box centre goes to the image centre;
 - scaled so that the box's longer side is 1/1.9 of the image side (28 / 1.9 = 14.7 pixels);
 - stroked with a round-capped, round-jointed line 5% of the image wide (1.4 pixels);
-- rasterised at 8x and box-averaged to 28x28, then binarised at half coverage:
+- rasterised at 16x and box-averaged to 28x28, then binarised at half coverage:
   ink 0.0, background 1.0, as Omniglot images are fed to the network.
 """
 
@@ -19,7 +19,7 @@ from PIL import Image, ImageDraw
 SIZE = 28  # the network's input side
 BOX_FRACTION = 1 / 1.9  # longer side of the drawing's bounding box / image side
 LINE_FRACTION = 0.05  # line width / image side
-SUPERSAMPLE = 8  # rasterisation at SIZE * SUPERSAMPLE, then box-averaged down
+SUPERSAMPLE = 16  # rasterisation at SIZE * SUPERSAMPLE, then box-averaged down
 
 Point = Sequence[float]
 Stroke = Sequence[Point]
