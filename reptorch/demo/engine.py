@@ -17,7 +17,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from reptorch.data.tasks import EvalTasks, batched_minibatch_indices
 from reptorch.demo.model import DemoModel
@@ -63,7 +62,7 @@ class Engine:
         if key not in self._evaluators:
             spec = eval_spec(self.model.config, ways=ways, shots=shots, transductive=False)
             self._evaluators[key] = Evaluator(
-                self._module, self.optimizer, spec, loss_fn=F.cross_entropy, workers=self.workers
+                self._module, self.optimizer, spec, loss_fn=self.model.loss(), workers=self.workers
             )
         return self._evaluators[key]
 

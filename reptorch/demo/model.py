@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from reptorch.checkpoint import load_checkpoint
 from reptorch.config import TrainConfig
@@ -32,6 +33,10 @@ class DemoModel:
     def ways(self) -> int:
         """The network's outputs: the most classes a task may have."""
         return self.config.classes
+
+    def loss(self):
+        """The inner loss the model was meta-trained and is evaluated with."""
+        return F.cross_entropy
 
     def module(self) -> OmniglotNet:
         """A fresh network of the run's architecture (its own initial weights are unused)."""
