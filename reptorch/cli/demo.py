@@ -12,7 +12,7 @@ import socket
 
 from reptorch.errors import ConfigError
 
-DEFAULT_MODEL = "omniglot-5w1s"
+DEFAULT_MODEL = "omniglot-5way"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
