@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 import zipfile
@@ -77,7 +78,11 @@ def latency(engine: Engine, examples: dict, repeats: int) -> dict:
         query = classes[1]["drawings"][-1]
         images = np.stack([np.stack([render(d) for d in s]) for s in support])
         engine.warm_up(ways, shots)
-        times = [engine.predict(images, render(query)).milliseconds for _ in range(repeats)]
+        times, cpu = [], []
+        for _ in range(repeats):
+            start = time.process_time()  # CPU time of all threads: what an idle core would take
+            times.append(engine.predict(images, render(query)).milliseconds)
+            cpu.append((time.process_time() - start) * 1e3)
         client = TestClient(create_app(engine))
         body = {"support": support, "query": query}
         http = []
@@ -88,9 +93,12 @@ def latency(engine: Engine, examples: dict, repeats: int) -> dict:
         results[f"{ways}-way {shots}-shot"] = {
             "engine_ms_median": statistics.median(times),
             "engine_ms_p90": float(np.percentile(times, 90)),
+            "engine_cpu_ms_median": statistics.median(cpu),
             "http_ms_median": statistics.median(http),
             "http_ms_p90": float(np.percentile(http, 90)),
         }
+    results["load_average_1min"] = os.getloadavg()[0]
+    results["cpus"] = os.cpu_count()
     return results
 
 

@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from reptorch.checkpoint import load_checkpoint
 from reptorch.config import TrainConfig
 from reptorch.errors import CheckpointError, ConfigError
+from reptorch.losses import LossFn, loss_for
 from reptorch.models import OmniglotNet
 from reptorch.tree import Params
 
@@ -34,9 +34,9 @@ class DemoModel:
         """The network's outputs: the most classes a task may have."""
         return self.config.classes
 
-    def loss(self):
-        """The inner loss the model was meta-trained and is evaluated with."""
-        return F.cross_entropy
+    def loss(self) -> LossFn:
+        """The inner loss the model was meta-trained and is evaluated with (its reduction)."""
+        return loss_for(self.config.loss_reduction)
 
     def module(self) -> OmniglotNet:
         """A fresh network of the run's architecture (its own initial weights are unused)."""
@@ -70,7 +70,7 @@ def from_checkpoint(directory: Path) -> DemoModel:
             f"`reptorch train --checkpoint` wrote"
         )
     try:
-        config = TrainConfig.from_dict(json.loads(path.read_text())["config"])
+        config = TrainConfig.from_saved(json.loads(path.read_text())["config"])
     except (ValueError, KeyError, TypeError, ConfigError) as error:
         raise CheckpointError(f"unreadable {path}: {error}") from None
     ckpt = load_checkpoint(directory)
