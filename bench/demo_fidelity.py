@@ -31,6 +31,7 @@ from reptorch.demo import fidelity, strokes
 from reptorch.demo.engine import Engine
 from reptorch.demo.model import from_checkpoint, from_pretrained
 from reptorch.demo.render import render
+from reptorch.demo.server import load_examples
 from reptorch.stats import mean_ci95
 
 
@@ -113,6 +114,7 @@ def main() -> None:
     parser.add_argument("--shots", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=30, help="latency measurements")
+    parser.add_argument("--latency-only", action="store_true", help="skip parts 1 and 2")
     parser.add_argument("--out", type=Path, help="write the results as JSON")
     args = parser.parse_args()
 
@@ -127,14 +129,14 @@ def main() -> None:
         }
     rendered = {k: render(d) for k, d in drawings.items()}
     results: dict = {"model": model.name, "drawings": len(drawings)}
+    if args.latency_only:
+        results["latency"] = latency(engine, load_examples(), args.repeats)
+        print(json.dumps(results, indent=2))
+        return
     results["overlap"] = overlaps(drawings, official, rendered, args.seed)
 
-    test = set((args.data_dir / "omniglot" / "reference-split-seed0-test.txt").read_text().split())
-    characters: dict[str, list[str]] = {}
-    for key in drawings:
-        character = key.rsplit("/", 1)[0]
-        if character in test:
-            characters.setdefault(character, []).append(key)
+    split_file = args.data_dir / "omniglot" / "reference-split-seed0-test.txt"
+    characters = fidelity.characters_in(drawings, set(split_file.read_text().split()))
     tasks = fidelity.sample_tasks(characters, args.tasks, args.ways, args.shots, args.seed)
     accuracy = {}
     for name, images in (("rendered strokes", rendered), ("official images", official)):
@@ -155,8 +157,6 @@ def main() -> None:
         **accuracy,
         "rendered minus official": {"mean": paired[0], "ci95": paired[1]},
     }
-    from reptorch.demo.server import load_examples
-
     results["latency"] = latency(engine, load_examples(), args.repeats)
     text = json.dumps(results, indent=2, default=float)
     print(text)

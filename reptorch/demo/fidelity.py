@@ -91,3 +91,14 @@ def accuracy(engine, images: dict[str, np.ndarray], tasks, chunk: int = 100) -> 
         predicted = logits[..., :ways].argmax(-1)
         scores.append((predicted == torch.arange(ways)).double().mean(1).numpy())
     return np.concatenate(scores)
+
+
+def characters_in(drawings: dict, names: set[str]) -> dict[str, list[str]]:
+    """{character: its drawings' keys} for the characters of `drawings` listed in `names`
+    ('Alphabet/characterNN', e.g. the reference split's test side)."""
+    characters: dict[str, list[str]] = {}
+    for key in sorted(drawings):
+        character = key.rsplit("/", 1)[0]
+        if character in names:
+            characters.setdefault(character, []).append(key)
+    return characters
