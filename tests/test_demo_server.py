@@ -86,6 +86,27 @@ def test_engine_equals_a_hand_written_fine_tuning_loop(engine):
     assert len(got.losses) == spec.inner_iters == 10
 
 
+def test_cached_fine_tuning_gives_the_fresh_answer(engine, monkeypatch):
+    """A second query on the same support set reuses theta_k: no inner loop runs, and the
+    answer equals a fresh fine-tuning's (`Engine.run`, no cache)."""
+    body = request_body(4, 2, seed=4)
+    support = np.stack([np.stack([render(d) for d in s]) for s in body["support"]])
+    first_query, second_query = render(body["query"]), render(scribble(77))
+    engine.forget()
+    assert engine.predict(support, first_query).fine_tuned
+    calls = []
+    original = engine._fine_tune
+    monkeypatch.setattr(engine, "_fine_tune", lambda *a: calls.append(1) or original(*a))
+    second = engine.predict(support, second_query)
+    assert not second.fine_tuned and calls == []
+    logits, losses = engine.run(
+        torch.as_tensor(support)[None], torch.as_tensor(second_query)[None, None]
+    )
+    fresh = logits[0, 0, :4].double().softmax(-1)
+    np.testing.assert_allclose(second.probabilities, fresh, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(second.losses, losses[0], rtol=0, atol=0)
+
+
 def test_predict_and_render(client):
     body = request_body(3, 1, seed=2)
     response = client.post("/api/predict", json=body)
@@ -200,8 +221,10 @@ def _cli(*argv: str) -> subprocess.Popen:
     )
 
 
-def test_cli_serves_on_localhost(run_dir):
-    process = _cli("demo", "--checkpoint", str(run_dir), "--port", "0")
+@pytest.mark.parametrize("source", ["checkpoint", "shipped model"])
+def test_cli_serves_on_localhost(run_dir, source):
+    argv = ["--checkpoint", str(run_dir)] if source == "checkpoint" else []  # default: shipped
+    process = _cli("demo", *argv, "--port", "0")
     try:
         address = None
         for _ in range(5):
@@ -223,6 +246,7 @@ def test_cli_mistakes_are_one_line(tmp_path):
     for argv, fragment in [
         (["demo", "--checkpoint", str(tmp_path)], "no config.json"),
         (["demo", "--checkpoint", str(tmp_path), "--port", "70000"], "--port"),
+        (["demo", "--model", "no-such-model"], "choose one of omniglot-5way"),
     ]:
         process = _cli(*argv)
         _, err = process.communicate(timeout=60)

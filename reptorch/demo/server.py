@@ -105,6 +105,9 @@ class PredictResponse(BaseModel):
     losses: list[float] = Field(description="fine-tuning loss of each inner step")
     images: Images
     milliseconds: float = Field(description="fine-tuning and prediction time")
+    fine_tuned: bool = Field(
+        description="false when the weights fine-tuned on the same support images were reused"
+    )
 
 
 def encode(image: np.ndarray) -> str:
@@ -241,6 +244,7 @@ def create_app(engine: Engine) -> FastAPI:
             losses=result.losses,
             images=images,
             milliseconds=result.milliseconds,
+            fine_tuned=result.fine_tuned,
         )
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")

@@ -161,7 +161,8 @@ async function update() {
     showSeen("q", data.images.query);
     showBars(data.probabilities, data.predicted);
     showLoss(data.losses);
-    $("status").textContent = `Class ${data.predicted + 1} (${Math.round(data.milliseconds)} ms on the server)`;
+    const work = data.fine_tuned ? "fine-tuned and predicted" : "predicted (same classes: fine-tuning reused)";
+    $("status").textContent = `Class ${data.predicted + 1}: ${work} in ${Math.round(data.milliseconds)} ms`;
   } catch (error) {
     if (seq === state.seq) clearResults(`Error: ${error.message}`);
   }
