@@ -7,7 +7,6 @@ run works: the paper's 4-block conv net on 28x28 single-channel images.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,9 +15,10 @@ import torch
 
 from reptorch.checkpoint import load_checkpoint
 from reptorch.config import TrainConfig
-from reptorch.errors import CheckpointError, ConfigError
+from reptorch.errors import ConfigError
 from reptorch.losses import LossFn, loss_for
 from reptorch.models import OmniglotNet
+from reptorch.training import read_run_config
 from reptorch.tree import Params
 
 
@@ -63,16 +63,7 @@ def check_omniglot_shaped(model: DemoModel) -> DemoModel:
 def from_checkpoint(directory: Path) -> DemoModel:
     """The newest checkpoint of a `reptorch train` run directory, read without its data."""
     directory = Path(directory)
-    path = directory / "config.json"
-    if not path.is_file():
-        raise CheckpointError(
-            f"{directory} holds no reptorch run (no config.json): pass the directory that "
-            f"`reptorch train --checkpoint` wrote"
-        )
-    try:
-        config = TrainConfig.from_saved(json.loads(path.read_text())["config"])
-    except (ValueError, KeyError, TypeError, ConfigError) as error:
-        raise CheckpointError(f"unreadable {path}: {error}") from None
+    config = read_run_config(directory)
     ckpt = load_checkpoint(directory)
     name = f"{directory} (iteration {ckpt.iteration})"
     return check_omniglot_shaped(DemoModel(config, _cpu(ckpt.phi), _cpu(ckpt.inner_state), name))
