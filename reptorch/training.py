@@ -364,6 +364,20 @@ def _clone_state(state: Any) -> Any:
     return state
 
 
+def read_run_config(directory: Path) -> TrainConfig:
+    """The settings a run directory was trained with (its config.json); one-line errors."""
+    path = Path(directory) / "config.json"
+    if not path.is_file():
+        raise CheckpointError(
+            f"{directory} holds no reptorch run (no config.json): train into it first with "
+            f"`reptorch train --checkpoint {directory}`"
+        )
+    try:
+        return TrainConfig.from_saved(json.loads(path.read_text())["config"])
+    except (ValueError, KeyError, TypeError, ConfigError) as error:
+        raise CheckpointError(f"unreadable {path}: {error}") from None
+
+
 def load_trainer(
     directory: Path,
     device: str | None = None,
@@ -372,16 +386,7 @@ def load_trainer(
 ) -> Trainer:
     """A `Trainer` rebuilt from a run directory alone: its config.json and newest checkpoint."""
     directory = Path(directory)
-    path = directory / "config.json"
-    if not path.is_file():
-        raise CheckpointError(
-            f"{directory} holds no reptorch run (no config.json): train into it first with "
-            f"`reptorch train --checkpoint {directory}`"
-        )
-    try:
-        config = TrainConfig.from_saved(json.loads(path.read_text())["config"])
-    except (ValueError, KeyError, TypeError, ConfigError) as error:
-        raise CheckpointError(f"unreadable {path}: {error}") from None
+    config = read_run_config(directory)
     if device is None and config.device.startswith("cuda") and not torch.cuda.is_available():
         device = "cpu"  # trained on a GPU, evaluated where there is none
     changes = {k: v for k, v in {"device": device, "data_dir": data_dir}.items() if v}
