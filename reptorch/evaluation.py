@@ -105,29 +105,38 @@ class Evaluator:
         self.oracle = self.model.batched_loss_and_grad(fast=use_fast, workers=workers)
         self.forward = self.model.batched_forward(fast=use_fast, workers=workers)
 
-    def fine_tune(self, phi: Params, state: Any, tasks: EvalTasks, indices: torch.Tensor):
-        """theta_k of each task: `inner_iters` steps from (phi, state) on its support batches."""
+    def adapt(self, phi: Params, state: Any, tasks: EvalTasks, indices: torch.Tensor):
+        """`inner_iters` steps from (phi, state) on each task's support batches: `AdaptResult`
+        (theta_k, final state, per-step losses)."""
         sx, sy = tasks.support_xs, tasks.support_ys
         rows = torch.arange(sx.shape[0], device=sx.device).unsqueeze(1)
         batches = [(sx[rows, idx], sy[rows, idx]) for idx in indices.unbind(1)]
         params = tree.expand(phi, sx.shape[0])
         wd = self.spec.weight_decay
-        return adapt(self.oracle, params, batches, self.optimizer, state, weight_decay=wd).params
+        return adapt(self.oracle, params, batches, self.optimizer, state, weight_decay=wd)
+
+    def fine_tune(self, phi: Params, state: Any, tasks: EvalTasks, indices: torch.Tensor):
+        """theta_k of each task: `inner_iters` steps from (phi, state) on its support batches."""
+        return self.adapt(phi, state, tasks, indices).params
 
     @torch.no_grad()
-    def predict(self, params: Params, tasks: EvalTasks) -> torch.Tensor:
-        """Predicted labels (T, N*Q), or outputs (T, Q, 1) for regression."""
+    def outputs(self, params: Params, tasks: EvalTasks) -> torch.Tensor:
+        """Network outputs for the queries, (T, N*Q, classes): all queries in one batch
+        (transductive, regression), or each in a batch with the support set, its own row kept."""
         qx = tasks.query_xs
-        if self.spec.regression:
+        if self.spec.regression or self.spec.transductive:
             return self.forward(params, qx)
-        if self.spec.transductive:
-            return self.forward(params, qx).argmax(-1)
         sx = tasks.support_xs
         columns = [
-            self.forward(params, torch.cat([sx, qx[:, j : j + 1]], 1))[:, -1].argmax(-1)
+            self.forward(params, torch.cat([sx, qx[:, j : j + 1]], 1))[:, -1]
             for j in range(qx.shape[1])
         ]
         return torch.stack(columns, 1)
+
+    def predict(self, params: Params, tasks: EvalTasks) -> torch.Tensor:
+        """Predicted labels (T, N*Q), or outputs (T, Q, 1) for regression."""
+        outputs = self.outputs(params, tasks)
+        return outputs if self.spec.regression else outputs.argmax(-1)
 
     def scores(self, tasks: EvalTasks, predictions: torch.Tensor) -> torch.Tensor:
         """Per task: accuracy over its queries, or the mean squared error (regression)."""

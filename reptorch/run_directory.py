@@ -47,16 +47,20 @@ def open_run(directory: Path, config: TrainConfig) -> Checkpoint | None:
     return load_checkpoint(directory) if list_checkpoints(directory) else None
 
 
-def read_run(directory: Path) -> tuple[TrainConfig, Checkpoint]:
-    """A run directory's config.json and newest checkpoint."""
-    path = directory / "config.json"
+def read_run_config(directory: Path) -> TrainConfig:
+    """The settings a run directory was trained with (its config.json); one-line errors."""
+    path = Path(directory) / "config.json"
     if not path.is_file():
         raise CheckpointError(
             f"{directory} holds no reptorch run (no config.json): train into it first with "
             f"`reptorch train --checkpoint {directory}`"
         )
     try:
-        config = TrainConfig.from_saved(json.loads(path.read_text())["config"])
+        return TrainConfig.from_saved(json.loads(path.read_text())["config"])
     except (ValueError, KeyError, TypeError, ConfigError) as error:
         raise CheckpointError(f"unreadable {path}: {error}") from None
-    return config, load_checkpoint(directory)  # fails before loading data if there is none
+
+
+def read_run(directory: Path) -> tuple[TrainConfig, Checkpoint]:
+    """A run directory's config.json and newest checkpoint (which must exist)."""
+    return read_run_config(directory), load_checkpoint(directory)
