@@ -6,28 +6,37 @@ evaluated from the current phi and inner state, printed as `batch i: train=... t
 checkpoint holding i + 1 completed iterations is written every `checkpoint_every` iterations and
 at the end. Everything random comes from two generators (task sampling, interval evaluation) whose
 states are checkpointed, so a killed run resumes to bit-identical parameters (CPU).
+
+With the exact sequential semantics (`parallel='loop'`) on a CPU the meta-iteration is one chain
+of dependent steps, run in one thread; the interval evaluations then run beside it in a second
+thread, on a snapshot of phi and the inner state (their tasks drawn in order in the main thread),
+and are logged, in order, before the next evaluation starts and before every checkpoint.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from reptorch import tree
 from reptorch.algorithms import ALGORITHMS
 from reptorch.checkpoint import Checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
 from reptorch.config import TrainConfig
 from reptorch.errors import CheckpointError, ConfigError
 from reptorch.evaluation import EvalSpec, Evaluator, default_chunk, sample_tasks, task_chunks
 from reptorch.functional import FunctionalModel
-from reptorch.inner_optim import make_inner_optimizer
+from reptorch.inner_optim import AdamState, make_inner_optimizer
 from reptorch.io import atomic_write_json
+from reptorch.losses import loss_for
 from reptorch.meta import MetaLearner
 from reptorch.metrics_log import MetricsLog
 from reptorch.models import MiniImageNetNet, OmniglotNet, SineMLP
@@ -53,8 +62,9 @@ def build_sources(config: TrainConfig) -> dict[str, Any]:
 def build_module(config: TrainConfig, sources: dict[str, Any]) -> tuple[nn.Module, Any]:
     """The paper's network for the dataset (initialised from `config.seed`) and its loss."""
     torch.manual_seed(config.seed)
+    loss_fn = loss_for(config.loss_reduction, config.is_regression)
     if config.is_regression:
-        return SineMLP(), F.mse_loss
+        return SineMLP(), loss_fn
     channels, height, width = sources["train"].dataset.image_shape
     if config.dataset == "omniglot" or (height, width) == (28, 28):
         module: nn.Module = OmniglotNet(config.classes, filters=64, in_channels=channels)
@@ -65,7 +75,7 @@ def build_module(config: TrainConfig, sources: dict[str, Any]) -> tuple[nn.Modul
             f"dataset={config.dataset!r}: images of {height}x{width} fit neither network "
             f"(Omniglot 28x28, Mini-ImageNet 84x84); resize the images"
         )
-    return module, F.cross_entropy
+    return module, loss_fn
 
 
 def eval_spec(config: TrainConfig, **changes: Any) -> EvalSpec:
@@ -97,7 +107,7 @@ def prepare_directory(directory: Path, config: TrainConfig) -> None:
     path = directory / "config.json"
     if path.exists():
         try:
-            saved = TrainConfig.from_dict(json.loads(path.read_text())["config"])
+            saved = TrainConfig.from_saved(json.loads(path.read_text())["config"])
         except (ValueError, KeyError, TypeError, ConfigError) as error:
             raise CheckpointError(f"unreadable {path}: {error}") from None
         diffs = saved.differences(config)
@@ -126,8 +136,16 @@ class Trainer:
         self.inner = make_inner_optimizer(config.inner_optimizer, config.learning_rate)
         self.loss_fn = loss_fn
         model = FunctionalModel(self.module, loss_fn)
+        # exact sequential mode: one chain of steps, in this thread (splitting one task's images
+        # over threads measured slower); its interval evaluations get the other thread
+        sequential = config.parallel == "loop" and self.device.type == "cpu"
+        self.background = ThreadPoolExecutor(1, initializer=_one_thread) if sequential else None
         self.evaluator = Evaluator(
-            self.module, self.inner, eval_spec(config), loss_fn=loss_fn, workers=workers
+            self.module,
+            self.inner,
+            eval_spec(config),
+            loss_fn=loss_fn,
+            workers=1 if sequential else workers,
         )
         algorithm = ALGORITHMS[config.algorithm](
             model,
@@ -135,7 +153,9 @@ class Trainer:
             inner_state=config.inner_state,
             parallel=config.parallel,
             weight_decay=config.weight_decay,
-            batched_loss_and_grad=self.evaluator.oracle,
+            batched_loss_and_grad=(
+                model.batched_loss_and_grad(workers=1) if sequential else self.evaluator.oracle
+            ),
         )
         phi = model.init_params()
         args = (config.meta_step, config.meta_step_final, config.meta_iters)
@@ -171,9 +191,24 @@ class Trainer:
 
     def quick_eval(self, split: str) -> float:
         """Score on one fresh task of `split` (the reference's per-interval evaluation)."""
-        tasks, indices = sample_tasks(self.sources[split], 1, self.evaluator.spec, self.eval_gen)
+        return self.interval_eval([split])().pop()
+
+    def interval_eval(self, splits: list[str]) -> Callable[[], list[float]]:
+        """Draws one task per split now; returns a call giving their scores. With a background
+        thread the scoring runs there meanwhile, on a snapshot of phi and the inner state."""
+        drawn = [
+            sample_tasks(self.sources[s], 1, self.evaluator.spec, self.eval_gen) for s in splits
+        ]
         learner = self.learner
-        return float(self.evaluator.run_chunk(learner.phi, learner.inner_state, tasks, indices)[1])
+        phi, state = learner.phi, learner.inner_state
+
+        def score() -> list[float]:
+            return [float(self.evaluator.run_chunk(phi, state, *d)[1]) for d in drawn]
+
+        if self.background is None:
+            return lambda: score()
+        phi, state = tree.clone(phi), _clone_state(state)
+        return self.background.submit(score).result
 
     def train(self, progress: bool = True) -> None:
         """Runs (or resumes) meta-training up to `meta_iters`, logging and checkpointing."""
@@ -190,6 +225,14 @@ class Trainer:
         t0 = time.perf_counter()
         source = self.sources["train"]
         bar = tqdm(total=c.meta_iters, initial=start, unit="it", disable=not progress)
+        pending: Callable[[], None] | None = None  # logs the last interval evaluation
+
+        def finish() -> None:
+            nonlocal pending
+            if pending is not None:
+                pending()
+                pending = None
+
         for i in range(start, c.meta_iters):
             tasks = source.sample_train(
                 c.meta_batch,
@@ -204,30 +247,47 @@ class Trainer:
             eps = learner.outer.step_size(i)
             losses = learner.step(tasks.xs.to(self.device), tasks.ys.to(self.device), tail)
             if i % c.eval_interval == 0:
-                train_score, monitor_score = self.quick_eval("train"), self.quick_eval(self.monitor)
-                tqdm.write(f"batch {i}: train={train_score:f} {self.monitor}={monitor_score:f}")
-                if log is not None:
-                    log.log(
-                        i,
-                        meta_step=eps,
-                        inner_loss=float(losses.mean()),
-                        train=train_score,
-                        monitor=monitor_score,
-                        seconds=round(time.perf_counter() - t0, 3),
-                        metric="mse" if c.is_regression else "accuracy",
-                    )
+                finish()
+                scores = self.interval_eval(["train", self.monitor])
+                pending = partial(self._log_interval, log, i, eps, float(losses.mean()), scores, t0)
+                if self.background is None:
+                    finish()
             if self.directory is not None and (
                 (i + 1) % c.checkpoint_every == 0 or i + 1 == c.meta_iters
             ):
+                finish()
                 if log is not None:
                     log.flush()
                 save_checkpoint(self.directory, self.checkpoint(), keep=c.keep)
             bar.update()
+        finish()
         bar.close()
         if log is not None:
             log.close()
         self.seconds = time.perf_counter() - t0
         self.iterations = c.meta_iters - start
+
+    def _log_interval(
+        self,
+        log: MetricsLog | None,
+        i: int,
+        eps: float,
+        inner_loss: float,
+        scores: Callable[[], list[float]],
+        t0: float,
+    ) -> None:
+        train_score, monitor_score = scores()
+        tqdm.write(f"batch {i}: train={train_score:f} {self.monitor}={monitor_score:f}")
+        if log is not None:
+            log.log(
+                i,
+                meta_step=eps,
+                inner_loss=inner_loss,
+                train=train_score,
+                monitor=monitor_score,
+                seconds=round(time.perf_counter() - t0, 3),
+                metric="mse" if self.config.is_regression else "accuracy",
+            )
 
     def evaluate(
         self,
@@ -287,6 +347,19 @@ class Trainer:
         return summary
 
 
+def _one_thread() -> None:
+    torch.set_num_threads(1)  # this thread's ops; the caller's are unaffected
+
+
+def _clone_state(state: Any) -> Any:
+    """A copy of an inner optimiser state that later steps cannot change."""
+    if isinstance(state, AdamState):
+        return state._replace(
+            exp_avg=tree.clone(state.exp_avg), exp_avg_sq=tree.clone(state.exp_avg_sq)
+        )
+    return state
+
+
 def load_trainer(
     directory: Path,
     device: str | None = None,
@@ -302,7 +375,7 @@ def load_trainer(
             f"`reptorch train --checkpoint {directory}`"
         )
     try:
-        config = TrainConfig.from_dict(json.loads(path.read_text())["config"])
+        config = TrainConfig.from_saved(json.loads(path.read_text())["config"])
     except (ValueError, KeyError, TypeError, ConfigError) as error:
         raise CheckpointError(f"unreadable {path}: {error}") from None
     if device is None and config.device.startswith("cuda") and not torch.cuda.is_available():

@@ -20,6 +20,7 @@ from reptorch.algorithms.base import MetaAlgorithm, MetaStep, TaskUpdate
 
 class MAML(MetaAlgorithm):
     name = "maml"
+    first_order = False
 
     def __init__(self, *args, **kwargs) -> None:
         kwargs["inner_state"] = "reset"

@@ -19,6 +19,7 @@ from tqdm import tqdm
 from reptorch.config import ALGORITHMS, DATASETS, PRESETS, TrainConfig, resolve
 from reptorch.errors import ConfigError
 from reptorch.io import atomic_write_json
+from reptorch.losses import LOSS_REDUCTIONS
 from reptorch.training import Trainer, eval_file, load_trainer
 
 _D = TrainConfig()
@@ -54,6 +55,11 @@ _CHOICES: dict[str, tuple[str, tuple[str, ...], str]] = {
     "--inner-state": ("inner_state", ("carry", "reset"), "inner optimiser state across tasks"),
     "--parallel": ("parallel", ("vmap", "loop"), "meta-batch tasks at once or in sequence"),
     "--outer": ("outer", ("interpolate", "sgd", "adam"), "outer update of phi"),
+    "--loss-reduction": (
+        "loss_reduction",
+        LOSS_REDUCTIONS,
+        "inner loss over a mini-batch: sum (the reference's) or mean (sine: mean)",
+    ),
 }
 
 
