@@ -128,6 +128,7 @@ class Trainer:
     ) -> None:
         """workers: CPU threads of the fast oracle (see `reptorch.cli.train.cpu_threads`)."""
         self.config, self.directory, self.workers = config, directory, workers
+        self.echo = True  # print the interval lines (`train(echo=False)` silences them)
         self.device = torch.device(config.device)
         self.sources = build_sources(config)
         self.monitor = "val" if "val" in self.sources else "test"
@@ -210,17 +211,33 @@ class Trainer:
         phi, state = tree.clone(phi), _clone_state(state)
         return self.background.submit(score).result
 
-    def train(self, progress: bool = True) -> None:
-        """Runs (or resumes) meta-training up to `meta_iters`, logging and checkpointing."""
+    def train(
+        self,
+        progress: bool = True,
+        *,
+        stop_at: int | None = None,
+        on_iteration: Callable[[], None] | None = None,
+        echo: bool = True,
+    ) -> None:
+        """Runs (or resumes) meta-training up to `meta_iters`, logging and checkpointing.
+
+        stop_at: pause after that many iterations (checkpointed there; the schedule still spans
+        `meta_iters`), so that several runs can advance in turns (`reptorch gradcomb`).
+        on_iteration: called after every meta-iteration (an outer progress bar). echo: print
+        the `batch i: train=... test=...` lines.
+        """
         c, learner = self.config, self.learner
+        end = c.meta_iters if stop_at is None else min(stop_at, c.meta_iters)
+        self.echo = echo
         if self.directory is not None:
             prepare_directory(self.directory, c)
             if list_checkpoints(self.directory):
                 self.restore(load_checkpoint(self.directory))
-                tqdm.write(f"resuming {self.directory} from iteration {learner.iteration}")
+                if echo:
+                    tqdm.write(f"resuming {self.directory} from iteration {learner.iteration}")
         start = learner.iteration
         log = None
-        if self.directory is not None and start < c.meta_iters:
+        if self.directory is not None and start < end:
             log = MetricsLog(self.directory, self.monitor, start)
         t0 = time.perf_counter()
         source = self.sources["train"]
@@ -233,7 +250,7 @@ class Trainer:
                 pending()
                 pending = None
 
-        for i in range(start, c.meta_iters):
+        for i in range(start, end):
             tasks = source.sample_train(
                 c.meta_batch,
                 c.effective_train_shots,
@@ -252,20 +269,20 @@ class Trainer:
                 pending = partial(self._log_interval, log, i, eps, float(losses.mean()), scores, t0)
                 if self.background is None:
                     finish()
-            if self.directory is not None and (
-                (i + 1) % c.checkpoint_every == 0 or i + 1 == c.meta_iters
-            ):
+            if self.directory is not None and ((i + 1) % c.checkpoint_every == 0 or i + 1 == end):
                 finish()
                 if log is not None:
                     log.flush()
                 save_checkpoint(self.directory, self.checkpoint(), keep=c.keep)
             bar.update()
+            if on_iteration is not None:
+                on_iteration()
         finish()
         bar.close()
         if log is not None:
             log.close()
         self.seconds = time.perf_counter() - t0
-        self.iterations = c.meta_iters - start
+        self.iterations = max(end - start, 0)
 
     def _log_interval(
         self,
@@ -277,7 +294,8 @@ class Trainer:
         t0: float,
     ) -> None:
         train_score, monitor_score = scores()
-        tqdm.write(f"batch {i}: train={train_score:f} {self.monitor}={monitor_score:f}")
+        if self.echo:
+            tqdm.write(f"batch {i}: train={train_score:f} {self.monitor}={monitor_score:f}")
         if log is not None:
             log.log(
                 i,

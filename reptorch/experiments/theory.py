@@ -116,7 +116,7 @@ def basis_terms(
     """Group means of the AvgGrad and AvgGradInner estimators (flat vectors).
 
     Per task with m disjoint batches: (1/m) sum_i g_i and (1/(m(m-1))) sum_i H_i (sum_{j!=i} g_j),
-    g_i = grad L_{B_i}(phi), H_i its Hessian; H_i v = grad_phi (grad L_{B_i}(phi) . v) (reverse over reverse).
+    g_i = grad L_{B_i}(phi), H_i its Hessian; H_i v = grad_phi (g_i(phi) . v), reverse over reverse.
     """
     m = xs.shape[1]
     gradient = grad(model.loss)
@@ -224,9 +224,9 @@ def analyse(measurements: Measurements, config: TheoryConfig) -> list[dict[str, 
     weights = torch.zeros(config.bootstrap, G, dtype=measurements.avg_grad.dtype)
     weights.scatter_add_(1, draws, torch.ones_like(draws, dtype=weights.dtype))
     weights /= G
-    A, I = measurements.avg_grad, measurements.avg_grad_inner
-    A_mean, I_mean = A.mean(0), I.mean(0)
-    A_boot, I_boot = weights @ A, weights @ I
+    grad_groups, inner_groups = measurements.avg_grad, measurements.avg_grad_inner
+    A_mean, I_mean = grad_groups.mean(0), inner_groups.mean(0)
+    A_boot, I_boot = weights @ grad_groups, weights @ inner_groups
     rows = []
     for (name, k, alpha), Y in measurements.updates.items():
         y = Y.mean(0)
@@ -291,12 +291,9 @@ def omniglot_problem(
     """Omniglot (the paper's conv net at its seeded initialisation, float64, summed
     cross-entropy as the reference) on training-split tasks of `ways` classes whose
     `ways * train_shots = max_k * inner_batch` samples are cut into disjoint mini-batches."""
-    import functools
-
-    import torch.nn.functional as F
-
     from reptorch.data.registry import load_splits
     from reptorch.data.tasks import TaskSampler
+    from reptorch.losses import loss_for
     from reptorch.models import OmniglotNet
 
     if (max_k * inner_batch) % ways:
@@ -307,8 +304,7 @@ def omniglot_problem(
     train_shots = max_k * inner_batch // ways
     sampler = TaskSampler(load_splits("omniglot", data_dir, seed=seed)["train"], ways, "train")
     torch.manual_seed(seed)
-    loss = functools.partial(F.cross_entropy, reduction="sum")
-    model = FunctionalModel(OmniglotNet(ways).double(), loss_fn=loss)
+    model = FunctionalModel(OmniglotNet(ways).double(), loss_fn=loss_for("sum"))
 
     def sample(num: int, m: int, generator: torch.Generator):
         tasks = sampler.sample_train(num, train_shots, inner_batch, m, generator=generator)
