@@ -11,6 +11,7 @@ gradients, AvgGrad and AvgGradInner.
 from __future__ import annotations
 
 import itertools
+import json
 
 import numpy as np
 import pytest
@@ -181,3 +182,34 @@ def test_config_errors_name_the_field():
         TheoryConfig(algorithms=("joint",))
     with pytest.raises(ConfigError, match="disjoint mini-batches of 20"):
         sine_problem(inner_batch=20).sample(1, 3, torch.Generator())
+
+
+def test_omniglot_problem_batches_are_disjoint_and_summed(omniglot_dir):
+    from reptorch.experiments.theory import omniglot_problem
+    from reptorch.losses import cross_entropy_sum
+
+    problem = omniglot_problem(str(omniglot_dir.parent), inner_batch=10, max_k=3)
+    assert problem.model.loss_fn is cross_entropy_sum
+    xs, ys = problem.sample(2, 3, torch.Generator().manual_seed(0))
+    assert xs.shape == (2, 3, 10, 1, 28, 28) and xs.dtype == torch.float64
+    for task, labels in zip(xs, ys, strict=True):
+        images = task.reshape(30, -1)
+        assert torch.unique(images, dim=0).shape[0] == 30  # 30 distinct images
+        assert torch.bincount(labels.reshape(-1)).tolist() == [6] * 5
+    with pytest.raises(ConfigError, match="multiple of 5"):
+        omniglot_problem(str(omniglot_dir.parent), inner_batch=7, max_k=3)
+
+
+def test_theory_command_prints_table_and_writes_figure_and_json(tmp_path, capsys):
+    from reptorch.cli import main
+
+    out, rows = tmp_path / "theory.png", tmp_path / "rows.json"
+    args = ["theory", "--tasks", "8", "--group", "4", "--ks", "2", "--alphas", "1e-4,1e-3"]
+    assert main([*args, "--bootstrap", "5", "--out", str(out), "--json-out", str(rows)]) == 0
+    printed = capsys.readouterr().out
+    assert "reptile     2      2.0" in printed and "maml        2      1.0" in printed
+    assert out.read_bytes()[:4] == b"\x89PNG"
+    saved = json.loads(rows.read_text())
+    assert saved["config"]["tasks"] == 8 and len(saved["rows"]) == 3 * 2
+    assert main(["theory", "--alphas", "1e-4,x"]) == 1
+    assert "--alphas '1e-4,x'" in capsys.readouterr().err
