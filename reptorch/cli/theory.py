@@ -121,7 +121,7 @@ def _print_table(rows: list[dict], config: TheoryConfig, dataset: str) -> None:
         f"of the paper's relative residual over the {len(config.alphas)} alphas"
     )
     head = f"{'algorithm':10s}{'k':>3s}{'paper a':>9s}{'fitted a':>20s}{'paper b':>9s}"
-    print(head + f"{'fitted b':>18s}{'slope':>7s}")
+    print(head + f"{'fitted b':>22s}{'slope':>7s}")
     for name in config.algorithms:
         for k in config.ks:
             series = [r for r in rows if r["algorithm"] == name and r["k"] == k]
@@ -131,5 +131,5 @@ def _print_table(rows: list[dict], config: TheoryConfig, dataset: str) -> None:
             slope = loglog_slope(series, "residual_paper") if len(series) > 1 else float("nan")
             print(
                 f"{name:10s}{k:3d}{row['a_paper']:9.1f}{fitted_a:>20s}{row['b_paper']:9.1f}"
-                f"{fitted_b:>18s}{slope:7.2f}"
+                f"{fitted_b:>22s}{slope:7.2f}"
             )
