@@ -101,9 +101,9 @@ def run(args: argparse.Namespace) -> int:
     done = {label: completed(directory / c["slug"]) for label, c in curves.items()}
     iterations = min(done.values(), default=0)
     title = (
-        f"5-shot 5-way Omniglot, inner SGD lr {config.learning_rate} (summed loss), "
-        f"batch {config.inner_batch}; {iterations} iterations per curve, "
-        f"moving average of {window} evaluations"
+        f"5-shot 5-way Omniglot: inner SGD lr {config.learning_rate} on the summed loss, "
+        f"batch {config.inner_batch}\n{iterations} iterations per curve; moving average of "
+        f"{window} evaluations (one test task each)"
     )
     plot_gradcomb(curves, out, title)
     last = max(1, window)
