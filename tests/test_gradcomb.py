@@ -176,3 +176,27 @@ def test_smooth_is_a_centred_moving_average():
     assert got[0] == pytest.approx(np.mean(values[:3]))
     assert got[-1] == pytest.approx(np.mean(values[-3:]))
     assert smooth([], 5) == []
+
+
+def test_findings_are_paired_differences_on_common_iterations():
+    from reptorch.experiments.gradcomb import findings, paired_difference, truncate
+
+    rng = np.random.default_rng(1)
+    task_effect = rng.random(40)  # the same test task at each evaluation for every curve
+
+    def curve(offset, n=40):
+        test = list(np.clip(task_effect[:n] + offset, 0, 1))
+        its = list(range(0, 10 * n, 10))
+        return {"iteration": its, "train": test, "test": test, "test_smoothed": test, "k": 2}
+
+    curves = {"g1": curve(0.0), "g1+g2": curve(0.1), "g2": curve(0.05, n=30)}
+    common = truncate(curves, 300)
+    assert [len(c["test"]) for c in common.values()] == [30, 30, 30]
+    mean, se, n = paired_difference(common["g1+g2"]["test"], common["g2"]["test"], 10)
+    expected = np.array(common["g1+g2"]["test"][-10:]) - np.array(common["g2"]["test"][-10:])
+    assert (mean, n) == (pytest.approx(expected.mean()), 10)
+    assert se == pytest.approx(expected.std(ddof=1) / np.sqrt(10))
+    checks = {f["difference"]: f for f in findings(common, 10)}
+    assert set(checks) == {"g1 - g1", "g1+g2 - g2"}  # only pairs whose curves are present
+    first, last = np.array(common["g1"]["test"][:10]), np.array(common["g1"]["test"][-10:])
+    assert checks["g1 - g1"]["mean"] == pytest.approx(last.mean() - first.mean())

@@ -20,8 +20,10 @@ from reptorch.experiments.gradcomb import (
     GradCombConfig,
     collect,
     completed,
+    findings,
     run_all,
     summary,
+    truncate,
     write_curves,
 )
 from reptorch.plots import plot_gradcomb
@@ -96,10 +98,12 @@ def run(args: argparse.Namespace) -> int:
     curves = collect(config, directory, window)
     meta = {**config.__dict__, "smooth_window": window}
     meta["curves"] = list(config.curves)
-    write_curves(curves, directory, meta)
-    out = args.out or directory / "gradcomb.png"
     done = {label: completed(directory / c["slug"]) for label, c in curves.items()}
     iterations = min(done.values(), default=0)
+    common = truncate(curves, iterations)  # every curve up to the same iteration
+    checks = findings(common, window)
+    meta["findings"] = checks
+    out = args.out or directory / "gradcomb.png"
     title = (
         f"5-shot 5-way Omniglot: inner SGD lr {config.learning_rate} on the summed loss, "
         f"batch {config.inner_batch}\n{iterations} iterations per curve; moving average of "
@@ -107,10 +111,17 @@ def run(args: argparse.Namespace) -> int:
     )
     plot_gradcomb(curves, out, title)
     last = max(1, window)
-    final = summary(curves, last)
-    print(f"test accuracy, mean of the last {last} interval evaluations (one task each):")
+    final = summary(common, last)
+    print(
+        f"test accuracy at iteration {iterations}, mean of the last {last} interval evaluations "
+        f"(one task each):"
+    )
     for label, value in final.items():
-        print(f"  {label:18s} {100 * value:6.2f}%  ({done[label]} iterations)")
+        print(f"  {label:18s} {100 * value:6.2f}%")
+    print(f"the paper's findings: differences of test accuracy over the last {window} evaluations")
+    for f in checks:
+        print(f"  {f['claim']}: {f['difference']} = {100 * f['mean']:+.1f} +- {100 * f['se']:.1f}")
+    write_curves(curves, directory, meta)
     print(f"figure: {out}\ncurves: {directory / 'curves.csv'}, {directory / 'curves.json'}")
     if args.json:
         print(json.dumps(final))

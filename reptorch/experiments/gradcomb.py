@@ -207,3 +207,67 @@ def summary(curves: dict[str, dict[str, Any]], last: int) -> dict[str, float]:
         tail = c["test"][-last:]
         result[label] = sum(tail) / len(tail) if tail else float("nan")
     return result
+
+
+def paired_difference(a: list[float], b: list[float], last: int) -> tuple[float, float, int]:
+    """Mean and standard error of a_i - b_i over the last `last` common evaluations. Every curve
+    draws its interval tasks from the same seeded generator, so evaluation i of two curves is the
+    same test task: the difference is paired."""
+    n = min(len(a), len(b), last)
+    if n < 2:
+        return float("nan"), float("nan"), n
+    d = torch.tensor(a[len(a) - n :], dtype=torch.float64) - torch.tensor(
+        b[len(b) - n :], dtype=torch.float64
+    )
+    # the two curves must stop at the same iteration to pair their last evaluations
+    return float(d.mean()), float(d.std() / n**0.5), n
+
+
+def findings(curves: dict[str, dict[str, Any]], last: int) -> list[dict[str, Any]]:
+    """The paper's qualitative claims, each as a difference of test accuracy with its standard
+    error over the last `last` evaluations (the runs must stand at the same iteration)."""
+    labels = set(curves)
+    out = []
+
+    def add(claim: str, a: str, b: str, early: bool = False) -> None:
+        if a not in labels or b not in labels:
+            return
+        ya, yb = curves[a]["test"], curves[b]["test"]
+        if early:  # progress: last window against first window of one curve (not overlapping)
+            n = min(len(ya) // 2, last)
+            if n < 2:
+                return
+            x = torch.tensor(ya[-n:], dtype=torch.float64)
+            y = torch.tensor(yb[:n], dtype=torch.float64)
+            mean = float(x.mean() - y.mean())
+            se = float((x.var() / len(x) + y.var() / len(y)) ** 0.5)
+        else:
+            mean, se, n = paired_difference(ya, yb, last)
+        out.append({"claim": claim, "difference": f"{a} - {b}", "mean": mean, "se": se, "n": n})
+
+    add("g1 alone makes no progress (last window - first window)", "g1", "g1", early=True)
+    for a, b in (
+        ("g1+g2+g3", "g1+g2"),
+        ("g1+g2+g3+g4", "g1+g2+g3"),
+        ("(g1+g2+g3)/3", "(g1+g2)/2"),
+        ("(g1+g2+g3+g4)/4", "(g1+g2+g3)/3"),
+        ("g3", "g2"),
+        ("g4", "g3"),
+    ):
+        add("more inner gradients learn faster", a, b)
+    for a, b in (("g1+g2", "g2"), ("g1+g2+g3", "g3"), ("g1+g2+g3+g4", "g4")):
+        add("the sum (Reptile) beats the last gradient (FOMAML)", a, b)
+    return out
+
+
+def truncate(curves: dict[str, dict[str, Any]], end: int) -> dict[str, dict[str, Any]]:
+    """The curves' evaluations at iterations < `end` (to compare runs that stand at different
+    iterations on the same evaluations)."""
+    out = {}
+    for label, c in curves.items():
+        n = sum(1 for i in c["iteration"] if i < end)
+        out[label] = {
+            **c,
+            **{key: c[key][:n] for key in ("iteration", "train", "test", "test_smoothed")},
+        }
+    return out
