@@ -165,7 +165,7 @@ def test_gradcomb_command_writes_curves_and_figure_and_resumes(omniglot_dir, tmp
     assert "other settings" in capsys.readouterr().err
     # rerunning the same command resumes (nothing left to train) and redraws
     assert main(args) == 0
-    assert "(4 iterations)" in capsys.readouterr().out
+    assert "test accuracy at iteration 4," in capsys.readouterr().out
 
 
 def test_smooth_is_a_centred_moving_average():
