@@ -24,7 +24,7 @@ from reptorch.plots import plot_theory_residuals
 
 # --dataset omniglot: a smaller sample and smaller steps (the summed loss on 25 images has a
 # much larger Hessian than the sine MLP's mean squared error)
-OMNIGLOT_DEFAULTS = {"tasks": 20, "group": 5, "alphas": "1e-7,1e-6,1e-5,1e-4", "inner_batch": 25}
+OMNIGLOT_DEFAULTS = {"tasks": 8, "group": 2, "alphas": "1e-7,1e-6,1e-5", "inner_batch": 25}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
