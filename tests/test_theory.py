@@ -213,3 +213,21 @@ def test_theory_command_prints_table_and_writes_figure_and_json(tmp_path, capsys
     assert saved["config"]["tasks"] == 8 and len(saved["rows"]) == 3 * 2
     assert main(["theory", "--alphas", "1e-4,x"]) == 1
     assert "--alphas '1e-4,x'" in capsys.readouterr().err
+
+
+def test_bootstrap_fits_equal_least_squares_on_resampled_means():
+    from reptorch.experiments.theory import Measurements, bootstrap_fits, fit
+
+    rng = torch.Generator().manual_seed(3)
+    G, P, alpha = 5, 40, 0.01
+    A, H = (
+        torch.randn(G, P, generator=rng, dtype=torch.float64),
+        torch.randn(G, P, generator=rng, dtype=torch.float64),
+    )
+    Y = 2 * A - 3 * alpha * H + 0.1 * torch.randn(G, P, generator=rng, dtype=torch.float64)
+    weights = torch.rand(7, G, generator=rng, dtype=torch.float64)
+    weights /= weights.sum(1, keepdim=True)
+    a, b = bootstrap_fits(Measurements(A, H, {}), Y, alpha, weights)
+    a_ref, b_ref, _ = fit(weights @ Y, weights @ A, weights @ H, alpha)
+    torch.testing.assert_close(a, a_ref)
+    torch.testing.assert_close(b, b_ref)
