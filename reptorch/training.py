@@ -315,12 +315,14 @@ class Trainer:
         inner_state: str = "checkpoint",
         chunk: int | None = None,
         progress: bool = True,
+        keep_scores: bool = False,
         **spec_changes: Any,
     ) -> dict[str, Any]:
         """The final evaluation of phi on `num_tasks` seeded tasks of `split` (a summary dict).
 
         inner_state: 'checkpoint' starts every task from the carried inner state saved with phi
         (the reference), 'zero' from a fresh one. `spec_changes` override `EvalSpec` fields.
+        keep_scores: also return every task's score (`"task_scores"`, in task order).
         """
         c = self.config
         spec = eval_spec(c, **spec_changes)
@@ -362,6 +364,8 @@ class Trainer:
             eval_inner_state=inner_state,
             tasks_per_second=round(num_tasks / max(result.seconds, 1e-9), 1),
         )
+        if keep_scores:
+            summary["task_scores"] = result.scores.tolist()
         return summary
 
 

@@ -1,7 +1,8 @@
 """`reptorch eval`: few-shot accuracy of a trained run, rebuilt from its directory alone.
 
-Reads `config.json` and the newest checkpoint of `--checkpoint DIR`, fine-tunes on each seeded
-task's support set exactly as the reference does and reports mean +- 95% CI over the tasks.
+Reads `config.json` and the newest checkpoint of `--checkpoint DIR` (or of the shipped model
+`--model NAME`, `reptorch.pretrained`), fine-tunes on each seeded task's support set exactly as
+the reference does and reports mean +- 95% CI over the tasks.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from reptorch import pretrained
 from reptorch.cli.train import cpu_threads, report
 from reptorch.training import load_trainer
 
@@ -19,7 +21,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="evaluate a trained run on seeded few-shot tasks (mean +- 95%% CI)",
         description="Settings not given are those the run was trained with (its config.json).",
     )
-    parser.add_argument("--checkpoint", required=True, help="run directory of `reptorch train`")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="run directory of `reptorch train`")
+    source.add_argument(
+        "--model", help=f"a shipped model: {', '.join(pretrained.names()) or 'none yet'}"
+    )
     parser.add_argument(
         "--transductive",
         action=argparse.BooleanOptionalAction,
@@ -51,7 +57,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    directory = Path(args.checkpoint)
+    if args.model is not None:  # read-only package data: the result is printed, not saved
+        directory, save_to = pretrained.path(args.model), None
+    else:
+        directory = save_to = Path(args.checkpoint)
     trainer = load_trainer(directory, args.device, args.data_dir, cpu_threads())
     summary = trainer.evaluate(
         split=args.split,
@@ -66,5 +75,5 @@ def run(args: argparse.Namespace) -> int:
         inner_iters=args.eval_iters,
         inner_batch=args.eval_batch,
     )
-    report(summary, directory, args.json)
+    report(summary, save_to, args.json)
     return 0
