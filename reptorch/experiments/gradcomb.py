@@ -33,6 +33,7 @@ from reptorch.checkpoint import list_checkpoints, load_checkpoint
 from reptorch.config import TrainConfig
 from reptorch.errors import ConfigError
 from reptorch.io import atomic_write_bytes, atomic_write_json
+from reptorch.metrics_log import read_metrics
 from reptorch.training import Trainer
 
 
@@ -146,18 +147,18 @@ def run_all(
     return done
 
 
-def read_curve(directory: Path) -> dict[str, list[float]]:
-    """{iteration, train, test}: the interval evaluations of one run's metrics.csv."""
+def read_curve(directory: Path) -> dict[str, list]:
+    """{iteration, train, test}: the interval evaluations of one run's metrics.csv (empty lists
+    before its first logged evaluation)."""
     path = directory / "metrics.csv"
-    out: dict[str, list[float]] = {"iteration": [], "train": [], "test": []}
-    if not path.exists():
-        return out
-    with path.open(newline="") as handle:
-        for row in csv.DictReader(handle):
-            out["iteration"].append(int(row["iteration"]))
-            out["train"].append(float(row["train"]))
-            out["test"].append(float(row["monitor"]))
-    return out
+    if not path.is_file() or len(path.read_text().splitlines()) < 2:
+        return {"iteration": [], "train": [], "test": []}
+    metrics = read_metrics(directory)
+    return {
+        "iteration": [int(i) for i in metrics["iteration"]],
+        "train": metrics["train"],
+        "test": metrics["monitor"],
+    }
 
 
 def smooth(values: list[float], window: int) -> list[float]:
