@@ -17,7 +17,7 @@ Estimators (Monte Carlo over tasks and mini-batches, float64):
   products by reverse-over-reverse `torch.func.grad` of g_i . v.
 - `rotate` (default): each task's algorithms run on all m cyclic orders of its batches, so every
   batch takes every position once. The batches are exchangeable, so this stays an unbiased
-  estimate of E[g] (a Rao-Blackwellisation over the order); it makes the zeroth-order term equal
+  estimate of E[g] (an average over some of the orders); it makes the zeroth-order term equal
   a_paper * AvgGrad task by task (each g_i(phi) counted as often as the AvgGrad estimator counts
   it), which removes the Monte Carlo noise that would otherwise enter b as noise / alpha. What is
   left to measure is the first-order term, whose pairs (i, j) the rotations do not balance in
