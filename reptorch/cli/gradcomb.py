@@ -22,6 +22,7 @@ from reptorch.experiments.gradcomb import (
     completed,
     findings,
     run_all,
+    smooth,
     summary,
     truncate,
     write_curves,
@@ -101,6 +102,8 @@ def run(args: argparse.Namespace) -> int:
     done = {label: completed(directory / c["slug"]) for label, c in curves.items()}
     iterations = min(done.values(), default=0)
     common = truncate(curves, iterations)  # every curve up to the same iteration
+    for c in common.values():
+        c["test_smoothed"] = smooth(c["test"], window)
     checks = findings(common, window)
     meta["findings"] = checks
     out = args.out or directory / "gradcomb.png"
@@ -109,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
         f"batch {config.inner_batch}\n{iterations} iterations per curve; moving average of "
         f"{window} evaluations (one test task each)"
     )
-    plot_gradcomb(curves, out, title)
+    plot_gradcomb(common, out, title)
     last = max(1, window)
     final = summary(common, last)
     print(
