@@ -244,6 +244,8 @@ def findings(curves: dict[str, dict[str, Any]], last: int) -> list[dict[str, Any
             se = float((x.var() / len(x) + y.var() / len(y)) ** 0.5)
         else:
             mean, se, n = paired_difference(ya, yb, last)
+            if n < 2:  # too few evaluations for a difference and its error
+                return
         out.append({"claim": claim, "difference": f"{a} - {b}", "mean": mean, "se": se, "n": n})
 
     add("g1 alone makes no progress (last window - first window)", "g1", "g1", early=True)
