@@ -49,6 +49,87 @@ def plot_sine_figure(
     atomic_write_bytes(path, buffer.getvalue())
 
 
+def _save(fig, path: Path) -> None:
+    buffer = BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(Path(path), buffer.getvalue())
+
+
+def plot_theory_residuals(rows: list[dict], path: Path, title: str = "") -> None:
+    """One log-log panel per algorithm: the relative residual of the fit a AvgGrad + b alpha
+    AvgGradInner (solid) and of the paper's coefficients (dashed) against alpha, one colour per
+    k, with an alpha^2 guide."""
+    algorithms = list(dict.fromkeys(r["algorithm"] for r in rows))
+    ks = sorted({r["k"] for r in rows})
+    fig, axes = plt.subplots(1, len(algorithms), figsize=(4.6 * len(algorithms), 4), squeeze=False)
+    colours = plt.get_cmap("viridis")
+    for ax, name in zip(axes.flat, algorithms, strict=True):
+        for i, k in enumerate(ks):
+            series = sorted(
+                (r for r in rows if r["algorithm"] == name and r["k"] == k),
+                key=lambda r: r["alpha"],
+            )
+            alphas = [r["alpha"] for r in series]
+            colour = colours(i / max(len(ks) - 1, 1) * 0.85)
+            ax.loglog(
+                alphas, [r["residual"] for r in series], "o-", color=colour, label=f"k={k} fit"
+            )
+            ax.loglog(
+                alphas,
+                [r["residual_paper"] for r in series],
+                "x--",
+                color=colour,
+                label=f"k={k} paper's (a, b)",
+            )
+        alphas = sorted({r["alpha"] for r in rows})
+        top = max(r["residual_paper"] for r in rows if r["algorithm"] == name)
+        guide = [top * (a / alphas[-1]) ** 2 for a in alphas]
+        ax.loglog(alphas, guide, ":", color="grey", label="slope 2 (alpha^2)")
+        ax.set_title(name)
+        ax.set_xlabel("inner step alpha")
+        ax.grid(True, which="major", alpha=0.3)
+    axes.flat[0].set_ylabel("||E[g] - (a AvgGrad + b alpha AvgGradInner)|| / ||E[g]||")
+    axes.flat[-1].legend(fontsize=7, loc="lower right")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_gradcomb(curves: dict[str, dict], path: Path, title: str = "") -> None:
+    """Paper Figure 4: smoothed test accuracy against outer iteration, one line per gradient
+    combination; colour by k, solid for sums (Reptile), dashed for scaled sums, dotted for the
+    last gradient alone (first-order MAML)."""
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    colours = {1: "black", 2: "tab:blue", 3: "tab:green", 4: "tab:red"}
+    for label, c in curves.items():
+        if not c["iteration"]:
+            continue
+        style = "-"
+        if label.startswith("("):
+            style = "--"
+        elif "+" not in label and c["k"] > 1:
+            style = ":"
+        ax.plot(
+            c["iteration"],
+            c["test_smoothed"],
+            style,
+            color=colours.get(c["k"], "grey"),
+            linewidth=1.6,
+            label=label,
+        )
+    ax.set_xlabel("outer iteration")
+    ax.set_ylabel("accuracy (test tasks, smoothed)")
+    ax.set_ylim(0.15, 1.0)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, ncol=2, loc="lower right")
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    _save(fig, path)
+
+
 def moving_average(values: list[float], window: int) -> list[float]:
     """Mean of the last `window` values at each point (fewer at the start)."""
     out, total = [], 0.0

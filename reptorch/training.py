@@ -121,6 +121,7 @@ class Trainer:
         group: this process's place in a torchrun job (`reptorch.distributed.setup`)."""
         check_group(config, group)
         self.config, self.directory, self.workers, self.group = config, directory, workers, group
+        self.echo = True  # print the interval lines (`train(echo=False)` silences them)
         self.device = torch.device(config.device)
         self.sources = build_sources(config)
         self.monitor = "val" if "val" in self.sources else "test"
@@ -208,19 +209,34 @@ class Trainer:
         phi, state = tree.clone(phi), _clone_state(state)
         return self.background.submit(score).result
 
-    def train(self, progress: bool = True) -> None:
-        """Runs (or resumes) meta-training up to `meta_iters`, logging and checkpointing."""
+    def train(
+        self,
+        progress: bool = True,
+        *,
+        stop_at: int | None = None,
+        on_iteration: Callable[[], None] | None = None,
+        echo: bool = True,
+    ) -> None:
+        """Runs (or resumes) meta-training up to `meta_iters`, logging and checkpointing.
+
+        stop_at: pause after that many iterations (checkpointed there; the schedule still spans
+        `meta_iters`), so that several runs can advance in turns (`reptorch gradcomb`).
+        on_iteration: called after every meta-iteration (an outer progress bar). echo: print
+        the `batch i: train=... test=...` lines (rank 0 only).
+        """
         c, learner, main = self.config, self.learner, self.group.is_main
+        end = c.meta_iters if stop_at is None else min(stop_at, c.meta_iters)
+        self.echo = echo and main
         if self.directory is not None:
             directory = self.directory
             ckpt = self.group.from_main(partial(open_run, directory, c), "the run's checkpoint")
             if ckpt is not None:
                 self.restore(ckpt)
-                if main:
+                if self.echo:
                     tqdm.write(f"resuming {directory} from iteration {learner.iteration}")
         start = learner.iteration
         log = None
-        if self.directory is not None and start < c.meta_iters and main:
+        if self.directory is not None and start < end and main:
             log = MetricsLog(self.directory, self.monitor, start)
         t0 = time.perf_counter()
         source = self.sources["train"]
@@ -233,7 +249,7 @@ class Trainer:
                 pending()
                 pending = None
 
-        for i in range(start, c.meta_iters):
+        for i in range(start, end):
             tasks = source.sample_train(
                 c.meta_batch,
                 c.effective_train_shots,
@@ -256,19 +272,21 @@ class Trainer:
             if (
                 self.directory is not None
                 and main
-                and ((i + 1) % c.checkpoint_every == 0 or i + 1 == c.meta_iters)
+                and ((i + 1) % c.checkpoint_every == 0 or i + 1 == end)
             ):
                 finish()
                 if log is not None:
                     log.flush()
                 save_checkpoint(self.directory, self.checkpoint(), keep=c.keep)
             bar.update()
+            if on_iteration is not None:
+                on_iteration()
         finish()
         bar.close()
         if log is not None:
             log.close()
         self.seconds = time.perf_counter() - t0
-        self.iterations = c.meta_iters - start
+        self.iterations = max(end - start, 0)
 
     def _log_interval(
         self,
@@ -280,7 +298,7 @@ class Trainer:
         t0: float,
     ) -> None:
         train_score, monitor_score = scores()
-        if self.group.is_main:
+        if self.echo:
             tqdm.write(f"batch {i}: train={train_score:f} {self.monitor}={monitor_score:f}")
         if log is not None:
             log.log(

@@ -15,7 +15,16 @@ from reptorch import __version__
 from reptorch.errors import ReptorchError
 
 # Subcommand modules under reptorch.cli, in the order `--help` lists them.
-SUBCOMMANDS: tuple[str, ...] = ("sine", "data", "train", "eval", "plot", "demo")
+SUBCOMMANDS: tuple[str, ...] = (
+    "sine",
+    "data",
+    "train",
+    "eval",
+    "plot",
+    "demo",
+    "theory",
+    "gradcomb",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
