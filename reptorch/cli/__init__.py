@@ -14,7 +14,7 @@ from reptorch import __version__
 from reptorch.errors import ReptorchError
 
 # Subcommand modules under reptorch.cli, in the order `--help` lists them.
-SUBCOMMANDS: tuple[str, ...] = ("sine", "data", "train", "eval")
+SUBCOMMANDS: tuple[str, ...] = ("sine", "data", "train", "eval", "tabular")
 
 
 def build_parser() -> argparse.ArgumentParser:
