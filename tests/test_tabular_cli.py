@@ -67,6 +67,22 @@ def test_rerun_resumes_from_the_parts(quick_run: Path, shared_data: Path, capsys
     assert (quick_run / "results.json").read_bytes() == before
 
 
+def test_report_only_gathers_finished_parts(quick_run: Path, shared_data: Path, capsys) -> None:
+    out = quick_run.parent / "partial"
+    (out / "parts").mkdir(parents=True)
+    for part in (quick_run / "parts").glob("B-*.json"):
+        (out / "parts" / part.name).write_bytes(part.read_bytes())
+    args = ["tabular", "--quick", "--data-dir", str(shared_data), "--out", str(out)]
+    assert main([*args, "--report-only"]) == 0
+    report = (out / "report.md").read_text()
+    assert report.startswith("**Partial study**: not finished: A/letter, C/held-out tables")
+    assert "#### B: positive control" in report and "#### A:" not in report
+    assert "Primary figure" not in report  # no family-A table finished
+    empty = ["tabular", "--quick", "--data-dir", str(shared_data), "--out", str(out / "none")]
+    assert main([*empty, "--report-only"]) == 1
+    assert "nothing finished" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [

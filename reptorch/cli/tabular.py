@@ -36,6 +36,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--quick", action="store_true", help="a small version (minutes; for CI)")
     parser.add_argument("--families", default="A,B,C", help="comma-separated subset of A,B,C")
     parser.add_argument("--seeds", type=int, default=None, help="meta-training seeds (at least 3)")
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="report the problems already finished in --out (parts/), run nothing",
+    )
     parser.set_defaults(func=run)
 
 
@@ -62,7 +67,15 @@ def run(args: argparse.Namespace) -> int:
     config = config_from(args)
     out = args.out or Path("tabular-quick" if args.quick else "tabular-study")
     start = time.perf_counter()
-    study = run_study(config, args.data_dir, out, log=lambda line: print(line, flush=True))
+    study = run_study(
+        config,
+        args.data_dir,
+        out,
+        log=lambda line: print(line, flush=True),
+        run_missing=not args.report_only,
+    )
+    if not study["problems"]:
+        raise ConfigError(f"nothing finished in {out / 'parts'} yet: run without --report-only")
     summary = summarise(study)
     summary["wall_clock_seconds_this_run"] = time.perf_counter() - start
     atomic_write_bytes(out / "summary.json", json.dumps(summary, indent=1).encode())

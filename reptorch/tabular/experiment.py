@@ -251,14 +251,21 @@ def _part_path(out: Path, family: str, name: str) -> Path:
     return out / "parts" / f"{family}-{name.replace(' ', '_')}.json"
 
 
-def run_study(config: StudyConfig, data_dir, out: Path, log: Callable[[str], None] = print) -> dict:
+def run_study(
+    config: StudyConfig,
+    data_dir,
+    out: Path,
+    log: Callable[[str], None] = print,
+    run_missing: bool = True,
+) -> dict:
     """All problems, resuming from `<out>/parts/` written by an earlier run with the same
-    settings; returns (and writes to `<out>/results.json`) everything."""
+    settings; returns (and writes to `<out>/results.json`) everything. With `run_missing=False`
+    only the saved parts are gathered (a partial study: `missing` lists the rest)."""
     torch.set_num_threads(1)
     out.mkdir(parents=True, exist_ok=True)
     problems = build_problems(config, data_dir)
     key = config.key()
-    parts = []
+    parts, missing = [], []
     for problem in problems:
         path = _part_path(out, problem.family, problem.name)
         if path.is_file():
@@ -267,6 +274,10 @@ def run_study(config: StudyConfig, data_dir, out: Path, log: Callable[[str], Non
                 log(f"{problem.family}/{problem.name}: resumed from {path}")
                 parts.append(saved)
                 continue
+        if not run_missing:
+            log(f"{problem.family}/{problem.name}: not finished yet (no part in {path.parent})")
+            missing.append(f"{problem.family}/{problem.name}")
+            continue
         log(
             f"{problem.family}/{problem.name}: running "
             f"({problem.n_way}-way, {problem.dim} features)"
@@ -282,6 +293,7 @@ def run_study(config: StudyConfig, data_dir, out: Path, log: Callable[[str], Non
         "primary": PRIMARY,
         "methods": list(METHODS),
         "problems": parts,
+        "missing": missing,
     }
     atomic_write_bytes(out / "results.json", json.dumps(study, indent=1).encode())
     return study

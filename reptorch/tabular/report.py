@@ -124,6 +124,12 @@ def markdown(study: dict, summary: dict) -> str:
     head = "| method | " + " | ".join(f"{k}-shot" for k in shots) + " | train s | test s |"
     rule = "|---" * (len(shots) + 3) + "|"
     lines = []
+    if study.get("missing"):
+        lines += [
+            f"**Partial study**: not finished: {', '.join(study['missing'])}; the figures below "
+            "cover the finished problems only.",
+            "",
+        ]
     if "primary" in summary:
         p = summary["primary"]
         lines += [
@@ -167,7 +173,7 @@ def plot(study: dict, summary: dict, path: Path) -> None:
     groups = summary["groups"]
     fig, axes = plt.subplots(1, len(groups), figsize=(4.6 * len(groups), 4.2), squeeze=False)
     for ax, (group, entry) in zip(axes[0], groups.items(), strict=True):
-        for method, by_k in entry["accuracy"].items():
+        for i, (method, by_k) in enumerate(entry["accuracy"].items()):
             mean = np.array([by_k[str(k)][0] for k in shots])
             err = np.array(
                 [
@@ -175,12 +181,15 @@ def plot(study: dict, summary: dict, path: Path) -> None:
                     for k in shots
                 ]
             ).T
-            style = {"linewidth": 2.5, "color": "k"} if method == REPTILE else {"linewidth": 1}
-            if method == UNTOUCHED:
-                style = {"linestyle": ":", "color": "grey"}
+            style = {"linewidth": 1, "color": plt.get_cmap("tab10")(i % 10)}
+            if method == REPTILE:
+                style = {"linewidth": 2.5, "color": "k"}
+            elif method == UNTOUCHED:
+                style = {"linestyle": ":", "color": "lightgrey"}
             ax.errorbar(shots, 100 * mean, yerr=100 * err, label=method, capsize=2, **style)
         ax.axhline(100 * entry["chance"], color="grey", linewidth=0.5)
         ax.set_xscale("log")
+        ax.minorticks_off()
         ax.set_xticks(shots, [str(k) for k in shots])
         ax.set_title(group, fontsize=10)
         ax.set_xlabel("shots per class (K)")
