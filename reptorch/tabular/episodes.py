@@ -83,6 +83,29 @@ def stack_episodes(parts: list[tuple[torch.Tensor, ...]], n_way: int) -> Episode
     return Episodes(sx, sy, qx, qy, n_way)
 
 
+class Problem:
+    """What every family shares: episodes drawn one by one by `_episode(split, K, Q, gen)`, and
+    meta-training tasks as episodes of the 'train' split without a query set."""
+
+    n_way: int
+
+    def _episode(self, split: str, shots: int, queries: int, gen: torch.Generator):
+        raise NotImplementedError
+
+    def episodes(
+        self, split: str, count: int, shots: int, queries: int, gen: torch.Generator
+    ) -> Episodes:
+        parts = [self._episode(split, shots, queries, gen) for _ in range(count)]
+        return stack_episodes(parts, self.n_way)
+
+    def train_tasks(
+        self, count: int, shots: int, gen: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x (T, N*shots, d), y (T, N*shots)): T meta-training tasks, labels re-shuffled."""
+        eps = self.episodes("train", count, shots, 0, gen)
+        return eps.support_x, eps.support_y
+
+
 def split_classes(num_classes: int, seed: int) -> tuple[list[int], list[int], list[int], int]:
     """Family A's class split: N = min(5, C // 3) test and validation classes, the rest meta-train.
     Returns (train, val, test, N)."""
@@ -92,7 +115,7 @@ def split_classes(num_classes: int, seed: int) -> tuple[list[int], list[int], li
     return sorted(train), sorted(val), sorted(test), n_way
 
 
-class ClassSplitProblem:
+class ClassSplitProblem(Problem):
     """Family A: new classes of the same table, 5-way where the held-out classes allow."""
 
     family = "A"
@@ -120,22 +143,12 @@ class ClassSplitProblem:
         idx, y = sample_classes_and_rows(self.class_rows[split], self.n_way, shots + queries, gen)
         return split_support_query(self.features[idx], y, shots)
 
-    def episodes(
-        self, split: str, count: int, shots: int, queries: int, gen: torch.Generator
-    ) -> Episodes:
-        parts = [self._episode(split, shots, queries, gen) for _ in range(count)]
-        return stack_episodes(parts, self.n_way)
-
-    def train_tasks(self, count: int, shots: int, gen: torch.Generator):
-        eps = self.episodes("train", count, shots, 0, gen)
-        return eps.support_x, eps.support_y
-
     def pretrain_batch(self, size: int, gen: torch.Generator):
         rows = self._train_rows[torch.randint(len(self._train_rows), (size,), generator=gen)]
         return self.features[rows], self._pretrain_labels[rows]
 
 
-class SyntheticProblem:
+class SyntheticProblem(Problem):
     """Family B: y = argmax_c (W_t relu(U x))_c, x ~ N(0, I_dim), U (hidden, dim), W_t (N, hidden).
 
     shared=True: one U for every task (a shared low-dimensional feature map that meta-learning
@@ -184,7 +197,7 @@ class SyntheticProblem:
             if counts.min() >= self.min_share * self.rows:
                 return u, w, x, [(y == c).nonzero().flatten() for c in range(self.n_way)]
 
-    def _episode(self, task, shots: int, queries: int, gen: torch.Generator):
+    def _task_episode(self, task, shots: int, queries: int, gen: torch.Generator):
         _, _, x, class_rows = task
         idx, y = sample_classes_and_rows(class_rows, self.n_way, shots + queries, gen)
         return split_support_query(x[idx], y, shots)
@@ -198,12 +211,8 @@ class SyntheticProblem:
                 self.seed * 7919 + offset + _randint(gen, 2**30)
             )
             tasks = [self._draw_task(task_gen) for _ in range(count)]
-        parts = [self._episode(task, shots, queries, gen) for task in tasks]
+        parts = [self._task_episode(task, shots, queries, gen) for task in tasks]
         return stack_episodes(parts, self.n_way)
-
-    def train_tasks(self, count: int, shots: int, gen: torch.Generator):
-        eps = self.episodes("train", count, shots, 0, gen)
-        return eps.support_x, eps.support_y
 
     def pretrain_batch(self, size: int, gen: torch.Generator):
         index = _randint(gen, len(self._pool))
@@ -254,7 +263,7 @@ def standardise_by(support: torch.Tensor, *others: torch.Tensor) -> list[torch.T
     return [(t - mean) / std for t in (support, *others)]
 
 
-class TableTransferProblem:
+class TableTransferProblem(Problem):
     """Family C: 2-way episodes on tables never seen in meta-training, over `dim` random columns
     (zero columns pad a table with fewer), standardised with the support set's own statistics."""
 
@@ -312,14 +321,6 @@ class TableTransferProblem:
         sx, sy, qx, qy = split_support_query(x, y, shots)
         sx, qx = standardise_by(sx, qx)
         return sx, sy, qx, qy
-
-    def episodes(self, split, count, shots, queries, gen) -> Episodes:
-        parts = [self._episode(split, shots, queries, gen) for _ in range(count)]
-        return stack_episodes(parts, self.n_way)
-
-    def train_tasks(self, count: int, shots: int, gen: torch.Generator):
-        eps = self.episodes("train", count, shots, 0, gen)
-        return eps.support_x, eps.support_y
 
     def pretrain_batch(self, size: int, gen: torch.Generator):
         names = self.splits["train"]
