@@ -23,8 +23,8 @@ from typing import Any, NamedTuple
 import torch
 
 from reptorch import tree
-from reptorch.functional import LossAndGrad
 from reptorch.inner_optim import InnerOptimizer
+from reptorch.losses import LossAndGrad
 from reptorch.tree import Params
 
 

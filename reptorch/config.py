@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from reptorch.errors import ConfigError
+from reptorch.losses import LOSS_REDUCTIONS
 
 ALGORITHMS = ("reptile", "fomaml", "maml", "joint")
 INNER_OPTIMIZERS = ("adam", "sgd")
@@ -57,6 +58,9 @@ class TrainConfig:
     algorithm: str = "reptile"
     foml_tail: int | None = None
     inner_optimizer: str = "adam"  # the reference's --sgd selects "sgd"
+    # The inner loss's reduction over a mini-batch (`reptorch.losses`): "sum" (the reference's,
+    # for classification), "mean"; None picks the reference's: sum, or mean for sine regression.
+    loss_reduction: str | None = None
     replacement: bool = False
     weight_decay: float = 1.0
     seed: int = 0
@@ -68,6 +72,8 @@ class TrainConfig:
     keep: int = 3  # checkpoints kept on disk
 
     def __post_init__(self) -> None:
+        if self.loss_reduction is None:  # recorded resolved, so a checkpoint states what it used
+            object.__setattr__(self, "loss_reduction", "mean" if self.is_regression else "sum")
         _validate(self)
 
     @property
@@ -90,6 +96,12 @@ class TrainConfig:
         if unknown:
             raise ConfigError(f"unknown configuration field(s) {', '.join(unknown)}")
         return cls(**values)
+
+    @classmethod
+    def from_saved(cls, values: dict[str, Any]) -> TrainConfig:
+        """`from_dict` for a run's saved config.json: runs saved before `loss_reduction`
+        existed were trained with the mean, and are read so."""
+        return cls.from_dict({"loss_reduction": "mean", **values})
 
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
@@ -160,6 +172,7 @@ def _validate(c: TrainConfig) -> None:
         "inner_state": INNER_STATES,
         "parallel": PARALLEL,
         "outer": OUTER,
+        "loss_reduction": LOSS_REDUCTIONS,
     }
     for name, allowed in choices.items():
         if getattr(c, name) not in allowed:

@@ -10,7 +10,9 @@ leaks between tasks); then predict the queries, BatchNorm always on batch statis
   the last row's prediction (statistics from support + 1).
 Accuracy per task = correct / (N*Q); reported as mean +- 1.96 sigma / sqrt(n) over tasks.
 Tasks are vmapped in chunks; the task list and mini-batch indices are drawn from the seed alone,
-so results do not depend on the chunk size. Regression tasks (sine) report the query MSE instead.
+so results do not depend on the chunk size, nor on which process evaluates which part of the
+list (`task_chunks(..., part)`, shared among the processes of a torchrun job). Regression
+tasks (sine) report the query MSE instead.
 """
 
 from __future__ import annotations
@@ -56,8 +58,10 @@ class EvalSpec:
 @dataclass(frozen=True)
 class EvalResult:
     scores: torch.Tensor  # (tasks,) accuracy in 0..1 per task, or MSE for regression
+    predictions: torch.Tensor  # (tasks, N*Q) predicted labels, or (tasks, Q, 1) outputs
     metric: str  # "accuracy" or "mse"
     seconds: float
+    started: float = 0.0  # time.perf_counter() at the start
 
     @property
     def mean_ci(self) -> tuple[float, float]:
@@ -101,29 +105,38 @@ class Evaluator:
         self.oracle = self.model.batched_loss_and_grad(fast=use_fast, workers=workers)
         self.forward = self.model.batched_forward(fast=use_fast, workers=workers)
 
-    def fine_tune(self, phi: Params, state: Any, tasks: EvalTasks, indices: torch.Tensor):
-        """theta_k of each task: `inner_iters` steps from (phi, state) on its support batches."""
+    def adapt(self, phi: Params, state: Any, tasks: EvalTasks, indices: torch.Tensor):
+        """`inner_iters` steps from (phi, state) on each task's support batches: `AdaptResult`
+        (theta_k, final state, per-step losses)."""
         sx, sy = tasks.support_xs, tasks.support_ys
         rows = torch.arange(sx.shape[0], device=sx.device).unsqueeze(1)
         batches = [(sx[rows, idx], sy[rows, idx]) for idx in indices.unbind(1)]
         params = tree.expand(phi, sx.shape[0])
         wd = self.spec.weight_decay
-        return adapt(self.oracle, params, batches, self.optimizer, state, weight_decay=wd).params
+        return adapt(self.oracle, params, batches, self.optimizer, state, weight_decay=wd)
+
+    def fine_tune(self, phi: Params, state: Any, tasks: EvalTasks, indices: torch.Tensor):
+        """theta_k of each task: `inner_iters` steps from (phi, state) on its support batches."""
+        return self.adapt(phi, state, tasks, indices).params
 
     @torch.no_grad()
-    def predict(self, params: Params, tasks: EvalTasks) -> torch.Tensor:
-        """Predicted labels (T, N*Q), or outputs (T, Q, 1) for regression."""
+    def outputs(self, params: Params, tasks: EvalTasks) -> torch.Tensor:
+        """Network outputs for the queries, (T, N*Q, classes): all queries in one batch
+        (transductive, regression), or each in a batch with the support set, its own row kept."""
         qx = tasks.query_xs
-        if self.spec.regression:
+        if self.spec.regression or self.spec.transductive:
             return self.forward(params, qx)
-        if self.spec.transductive:
-            return self.forward(params, qx).argmax(-1)
         sx = tasks.support_xs
         columns = [
-            self.forward(params, torch.cat([sx, qx[:, j : j + 1]], 1))[:, -1].argmax(-1)
+            self.forward(params, torch.cat([sx, qx[:, j : j + 1]], 1))[:, -1]
             for j in range(qx.shape[1])
         ]
         return torch.stack(columns, 1)
+
+    def predict(self, params: Params, tasks: EvalTasks) -> torch.Tensor:
+        """Predicted labels (T, N*Q), or outputs (T, Q, 1) for regression."""
+        outputs = self.outputs(params, tasks)
+        return outputs if self.spec.regression else outputs.argmax(-1)
 
     def scores(self, tasks: EvalTasks, predictions: torch.Tensor) -> torch.Tensor:
         """Per task: accuracy over its queries, or the mean squared error (regression)."""
@@ -147,13 +160,18 @@ class Evaluator:
         total: int,
         progress: bool = True,
     ) -> EvalResult:
-        start, scores = time.perf_counter(), []
+        start, predictions, scores = time.perf_counter(), [], []
         with tqdm(total=total, unit="task", desc="eval", disable=not progress, leave=False) as bar:
             for tasks, indices in chunks:
-                scores.append(self.run_chunk(phi, state, tasks, indices)[1])
-                bar.update(len(scores[-1]))
+                predicted, score = self.run_chunk(phi, state, tasks, indices)
+                predictions.append(predicted.cpu())
+                scores.append(score)
+                bar.update(len(score))
         metric = "mse" if self.spec.regression else "accuracy"
-        return EvalResult(torch.cat(scores), metric, time.perf_counter() - start)
+        if not scores:  # no task in this process's share
+            return EvalResult(torch.zeros(0), torch.zeros(0), metric, 0.0, start)
+        seconds = time.perf_counter() - start
+        return EvalResult(torch.cat(scores), torch.cat(predictions), metric, seconds, start)
 
 
 def sample_tasks(source: Any, num: int, spec: EvalSpec, generator: torch.Generator):
@@ -166,9 +184,11 @@ def sample_tasks(source: Any, num: int, spec: EvalSpec, generator: torch.Generat
 
 
 def task_chunks(
-    source: Any, num_tasks: int, spec: EvalSpec, seed: int, chunk: int
+    source: Any, num_tasks: int, spec: EvalSpec, seed: int, chunk: int, part: range | None = None
 ) -> Iterator[tuple[EvalTasks, torch.Tensor]]:
-    """The fixed, seeded evaluation tasks in chunks of `chunk`, with their mini-batch indices."""
+    """The fixed, seeded evaluation tasks in chunks of `chunk`, with their mini-batch indices;
+    `part`: only these tasks of the list (a process's share), the same as in the whole list."""
+    part = range(num_tasks) if part is None else part
     index_gen = torch.Generator().manual_seed(seed + INDEX_SEED_OFFSET)
     indices = batched_minibatch_indices(
         num_tasks,
@@ -180,16 +200,17 @@ def task_chunks(
     )
     if isinstance(source, TaskSampler):
         task_list = EvalTaskList(source, num_tasks, spec.shots, spec.queries, seed)
-        batches = task_list.batches(chunk)
+        batches = task_list.batches(chunk, part.start, part.stop)
     else:  # a generated family (sine): small enough to draw at once
         everything = source.sample_eval(
             num_tasks, spec.shots, spec.queries, generator=torch.Generator().manual_seed(seed)
         )
         batches = (
-            EvalTasks(*(t[s : s + chunk] for t in everything)) for s in range(0, num_tasks, chunk)
+            EvalTasks(*(t[s : min(s + chunk, part.stop)] for t in everything))
+            for s in range(part.start, part.stop, chunk)
         )
-    for start, tasks in zip(range(0, num_tasks, chunk), batches):
-        yield tasks, indices[start : start + chunk]
+    for start, tasks in zip(range(part.start, part.stop, chunk), batches):
+        yield tasks, indices[start : min(start + chunk, part.stop)]
 
 
 def default_chunk(spec: EvalSpec, sample_shape: tuple[int, ...]) -> int:

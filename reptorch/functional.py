@@ -11,15 +11,14 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
+from reptorch.fast import fast_logits_for, fast_loss_and_grad_for
+from reptorch.losses import LossAndGrad, LossFn, cross_entropy_mean, cross_entropy_reduction
 from reptorch.tree import Params
 
-# (params, inputs, targets) -> (loss, grads); batched oracles take and give a leading task dim.
-LossAndGrad = Callable[[Params, torch.Tensor, torch.Tensor], tuple[torch.Tensor, Params]]
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+__all__ = ["FunctionalModel", "LossAndGrad", "LossFn", "use_batch_statistics"]
 
 
 def use_batch_statistics(module: nn.Module) -> nn.Module:
@@ -36,7 +35,7 @@ def use_batch_statistics(module: nn.Module) -> nn.Module:
 class FunctionalModel:
     """`module` as `f(params, x)`, plus the loss/gradient oracles that `adapt` consumes."""
 
-    def __init__(self, module: nn.Module, loss_fn: LossFn = F.cross_entropy) -> None:
+    def __init__(self, module: nn.Module, loss_fn: LossFn = cross_entropy_mean) -> None:
         self.module = use_batch_statistics(module)
         self.loss_fn = loss_fn
         self.buffers = {name: b for name, b in module.named_buffers()}
@@ -59,28 +58,25 @@ class FunctionalModel:
     def batched_loss_and_grad(self, fast: bool = True, workers: int | None = None) -> LossAndGrad:
         """The same oracle over a leading task dimension (each task its own params and batch).
 
-        For the paper's conv nets with cross-entropy this is `reptorch.fast`'s hand-written,
-        task-parallel oracle (same values to float rounding, and its own inner loop for `adapt`);
-        otherwise, or with `fast=False`, `vmap_loss_and_grad()`. `workers`: the fast oracle's CPU
-        threads (None: the caller's torch thread count).
+        For the paper's conv nets with a softmax cross-entropy (summed or mean, `reptorch.losses`)
+        this is `reptorch.fast`'s hand-written, task-parallel oracle (same values to float
+        rounding, and its own inner loop for `adapt`); otherwise, or with `fast=False`,
+        `vmap_loss_and_grad()`. `workers`: the fast oracle's CPU threads (None: the caller's
+        torch thread count).
         """
-        # the fast oracle hard-codes the softmax cross-entropy
-        fast = fast and self.loss_fn is F.cross_entropy
-        oracle = self._fast("fast_loss_and_grad_for", workers) if fast else None
+        reduction = cross_entropy_reduction(self.loss_fn)  # the only losses the kernel computes
+        oracle = None
+        if fast and reduction is not None:
+            oracle = fast_loss_and_grad_for(self.module, workers, reduction)
         return oracle or self.vmap_loss_and_grad()
 
     def batched_forward(
         self, fast: bool = True, workers: int | None = None
     ) -> Callable[[Params, torch.Tensor], torch.Tensor]:
         """Logits for T tasks at once: (T-batched params, x (T, B, ...)) -> (T, B, classes)."""
-        forward = self._fast("fast_logits_for", workers) if fast else None
+        forward = fast_logits_for(self.module, workers) if fast else None
         return forward or vmap(self.__call__)
 
     def vmap_loss_and_grad(self) -> LossAndGrad:
         """`vmap(loss_and_grad)`: the generic batched autograd oracle, the fast path's reference."""
         return vmap(self.loss_and_grad)
-
-    def _fast(self, factory: str, workers: int | None) -> Callable | None:
-        from reptorch import fast  # late: reptorch.fast builds on this module's neighbours
-
-        return getattr(fast, factory)(self.module, workers)

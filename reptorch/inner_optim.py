@@ -99,8 +99,9 @@ class Adam:
         return new_params, AdamState(step=t, exp_avg=exp_avg, exp_avg_sq=exp_avg_sq)
 
 
-def merge_task_states(state):
-    """The inner state carried out of a meta-batch run in parallel: the mean over tasks.
+def merge_task_states(state, mean=tree.batch_mean):
+    """The inner state carried out of a meta-batch run in parallel: the mean over tasks
+    (`mean`: of a batched tree over its tasks; across processes, `Group.task_mean`).
 
     The reference threads one Adam state through the tasks in sequence. Run in parallel, every task
     starts from the same incoming state and ends with its own (a leading task dimension); we carry
@@ -109,9 +110,7 @@ def merge_task_states(state):
     steps).
     """
     if isinstance(state, AdamState):
-        return state._replace(
-            exp_avg=tree.batch_mean(state.exp_avg), exp_avg_sq=tree.batch_mean(state.exp_avg_sq)
-        )
+        return state._replace(exp_avg=mean(state.exp_avg), exp_avg_sq=mean(state.exp_avg_sq))
     return state
 
 

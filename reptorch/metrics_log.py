@@ -12,6 +12,7 @@ import io
 from pathlib import Path
 from typing import Any
 
+from reptorch.errors import CheckpointError
 from reptorch.io import atomic_write_bytes
 
 COLUMNS = ("iteration", "meta_step", "inner_loss", "train", "monitor", "seconds")
@@ -73,3 +74,26 @@ class MetricsLog:
         self._file.close()
         for writer in self.writers.values():
             writer.close()
+
+
+def read_metrics(directory: Path) -> dict[str, list[float]]:
+    """The columns of a run's `metrics.csv` as float lists (`seconds` and all), in row order.
+
+    A missing or unreadable file is a `CheckpointError` naming it."""
+    path = Path(directory) / "metrics.csv"
+    if not path.is_file():
+        raise CheckpointError(
+            f"{path} not found: give the run directory of `reptorch train --checkpoint DIR`"
+        )
+    columns: dict[str, list[float]] = {name: [] for name in COLUMNS}
+    with path.open(newline="") as handle:
+        for line, row in enumerate(csv.DictReader(handle), start=2):
+            try:
+                values = [float(row[name]) for name in COLUMNS]
+            except (KeyError, TypeError, ValueError) as error:
+                raise CheckpointError(f"{path}, line {line}: unreadable ({error})") from None
+            for name, value in zip(COLUMNS, values, strict=True):
+                columns[name].append(value)
+    if not columns["iteration"]:
+        raise CheckpointError(f"{path} has no rows yet: train for at least one iteration")
+    return columns

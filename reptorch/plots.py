@@ -47,3 +47,54 @@ def plot_sine_figure(
     fig.savefig(buffer, format="png", dpi=110)
     plt.close(fig)
     atomic_write_bytes(path, buffer.getvalue())
+
+
+def moving_average(values: list[float], window: int) -> list[float]:
+    """Mean of the last `window` values at each point (fewer at the start)."""
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
+def plot_learning_curve(
+    metrics: dict[str, list[float]],
+    path: Path,
+    *,
+    title: str,
+    monitor: str = "test",
+    metric: str = "accuracy",
+    window: int = 100,
+) -> None:
+    """Train and monitor scores (each one fresh task per logged iteration, smoothed over
+    `window` rows), the meta step and the inner loss, against meta-iterations."""
+    x = metrics["iteration"]
+    fig, (top, bottom) = plt.subplots(
+        2, 1, figsize=(8, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1.3]}
+    )
+    scale = 100.0 if metric == "accuracy" else 1.0
+    for column, label, color in (("train", "train", "tab:blue"), ("monitor", monitor, "tab:red")):
+        smooth = moving_average([scale * v for v in metrics[column]], window)
+        top.plot(x, smooth, color=color, label=f"{label} ({window}-point moving average)")
+    top.set_ylabel("accuracy (%)" if metric == "accuracy" else "MSE")
+    top.grid(alpha=0.3)
+    top.set_title(title)
+    step = top.twinx()
+    step.plot(x, metrics["meta_step"], color="tab:gray", linestyle="--", label="meta step")
+    step.set_ylabel("meta step size")
+    step.set_ylim(0, max(max(metrics["meta_step"]), 1e-9) * 1.05)
+    lines = top.get_legend_handles_labels()
+    extra = step.get_legend_handles_labels()
+    top.legend(lines[0] + extra[0], lines[1] + extra[1], loc="lower right", fontsize=8)
+    bottom.plot(x, moving_average(metrics["inner_loss"], window), color="tab:green")
+    bottom.set_ylabel("inner loss")
+    bottom.set_xlabel("meta-iteration")
+    bottom.grid(alpha=0.3)
+    fig.tight_layout()
+    buffer = BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())

@@ -6,32 +6,54 @@ evaluated from the current phi and inner state, printed as `batch i: train=... t
 checkpoint holding i + 1 completed iterations is written every `checkpoint_every` iterations and
 at the end. Everything random comes from two generators (task sampling, interval evaluation) whose
 states are checkpointed, so a killed run resumes to bit-identical parameters (CPU).
+
+With the exact sequential semantics (`parallel='loop'`) on a CPU the meta-iteration is one chain
+of dependent steps, run in one thread; the interval evaluations then run beside it in a second
+thread, on a snapshot of phi and the inner state (their tasks drawn in order in the main thread),
+and are logged, in order, before the next evaluation starts and before every checkpoint.
+
+Under torchrun (`reptorch.distributed`) every process builds the same Trainer: the meta-batch's
+tasks, the interval evaluations' tasks and the final evaluation's task list are shared among the
+processes and their results combined, so the run ends where one process would (to float
+rounding); rank 0 alone reads and writes the run directory and prints, and hands the others the
+checkpoint it resumes from.
 """
 
 from __future__ import annotations
 
-import json
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from reptorch import __version__, tree
 from reptorch.algorithms import ALGORITHMS
-from reptorch.checkpoint import Checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
+from reptorch.checkpoint import Checkpoint, save_checkpoint
 from reptorch.config import TrainConfig
-from reptorch.errors import CheckpointError, ConfigError
-from reptorch.evaluation import EvalSpec, Evaluator, default_chunk, sample_tasks, task_chunks
+from reptorch.distributed import LOCAL, Group, device_for, shared
+from reptorch.errors import ConfigError
+from reptorch.evaluation import (
+    EvalResult,
+    EvalSpec,
+    Evaluator,
+    default_chunk,
+    sample_tasks,
+    task_chunks,
+)
 from reptorch.functional import FunctionalModel
-from reptorch.inner_optim import make_inner_optimizer
-from reptorch.io import atomic_write_json
+from reptorch.inner_optim import AdamState, make_inner_optimizer
+from reptorch.losses import loss_for
 from reptorch.meta import MetaLearner
 from reptorch.metrics_log import MetricsLog
 from reptorch.models import MiniImageNetNet, OmniglotNet, SineMLP
 from reptorch.outer import Interpolation, OuterOptimizer
+from reptorch.run_directory import open_run, read_run
 
 EVAL_SEED_OFFSET = 2**33  # the interval-evaluation generator: seed + 2^33
 
@@ -53,8 +75,9 @@ def build_sources(config: TrainConfig) -> dict[str, Any]:
 def build_module(config: TrainConfig, sources: dict[str, Any]) -> tuple[nn.Module, Any]:
     """The paper's network for the dataset (initialised from `config.seed`) and its loss."""
     torch.manual_seed(config.seed)
+    loss_fn = loss_for(config.loss_reduction, config.is_regression)
     if config.is_regression:
-        return SineMLP(), F.mse_loss
+        return SineMLP(), loss_fn
     channels, height, width = sources["train"].dataset.image_shape
     if config.dataset == "omniglot" or (height, width) == (28, 28):
         module: nn.Module = OmniglotNet(config.classes, filters=64, in_channels=channels)
@@ -65,7 +88,7 @@ def build_module(config: TrainConfig, sources: dict[str, Any]) -> tuple[nn.Modul
             f"dataset={config.dataset!r}: images of {height}x{width} fit neither network "
             f"(Omniglot 28x28, Mini-ImageNet 84x84); resize the images"
         )
-    return module, F.cross_entropy
+    return module, loss_fn
 
 
 def eval_spec(config: TrainConfig, **changes: Any) -> EvalSpec:
@@ -84,40 +107,20 @@ def eval_spec(config: TrainConfig, **changes: Any) -> EvalSpec:
     return EvalSpec(**values)
 
 
-def eval_file(directory: Path, transductive: bool, split: str) -> Path:
-    mode = "transductive" if transductive else "nontransductive"
-    return Path(directory) / f"eval-{mode}-{split}.json"
-
-
-def prepare_directory(directory: Path, config: TrainConfig) -> None:
-    """Creates the run directory or checks that it was made with the same settings."""
-    directory.mkdir(parents=True, exist_ok=True)
-    for stale in directory.glob(".ckpt-*.tmp"):  # left by a run killed mid-write
-        stale.unlink(missing_ok=True)
-    path = directory / "config.json"
-    if path.exists():
-        try:
-            saved = TrainConfig.from_dict(json.loads(path.read_text())["config"])
-        except (ValueError, KeyError, TypeError, ConfigError) as error:
-            raise CheckpointError(f"unreadable {path}: {error}") from None
-        diffs = saved.differences(config)
-        if diffs:
-            listed = "; ".join(f"{k} saved {a!r}, now {b!r}" for k, a, b in diffs)
-            raise CheckpointError(
-                f"{directory} holds a run with other settings ({listed}): rerun with the same "
-                f"flags or choose another --checkpoint directory"
-            )
-    atomic_write_json(path, {"config": config.to_dict()})
-
-
 class Trainer:
     """phi, its optimisers and generators for one run; `train()` runs or resumes the loop."""
 
     def __init__(
-        self, config: TrainConfig, directory: Path | None = None, workers: int | None = None
+        self,
+        config: TrainConfig,
+        directory: Path | None = None,
+        workers: int | None = None,
+        group: Group = LOCAL,
     ) -> None:
-        """workers: CPU threads of the fast oracle (see `reptorch.cli.train.cpu_threads`)."""
-        self.config, self.directory, self.workers = config, directory, workers
+        """workers: CPU threads of the fast oracle (see `reptorch.cli.train.cpu_threads`);
+        group: this process's place in a torchrun job (`reptorch.distributed.setup`)."""
+        check_group(config, group)
+        self.config, self.directory, self.workers, self.group = config, directory, workers, group
         self.device = torch.device(config.device)
         self.sources = build_sources(config)
         self.monitor = "val" if "val" in self.sources else "test"
@@ -126,8 +129,16 @@ class Trainer:
         self.inner = make_inner_optimizer(config.inner_optimizer, config.learning_rate)
         self.loss_fn = loss_fn
         model = FunctionalModel(self.module, loss_fn)
+        # exact sequential mode: one chain of steps, in this thread (splitting one task's images
+        # over threads measured slower); its interval evaluations get the other thread
+        sequential = config.parallel == "loop" and self.device.type == "cpu"
+        self.background = ThreadPoolExecutor(1, initializer=_one_thread) if sequential else None
         self.evaluator = Evaluator(
-            self.module, self.inner, eval_spec(config), loss_fn=loss_fn, workers=workers
+            self.module,
+            self.inner,
+            eval_spec(config),
+            loss_fn=loss_fn,
+            workers=1 if sequential else workers,
         )
         algorithm = ALGORITHMS[config.algorithm](
             model,
@@ -135,7 +146,9 @@ class Trainer:
             inner_state=config.inner_state,
             parallel=config.parallel,
             weight_decay=config.weight_decay,
-            batched_loss_and_grad=self.evaluator.oracle,
+            batched_loss_and_grad=(
+                model.batched_loss_and_grad(workers=1) if sequential else self.evaluator.oracle
+            ),
         )
         phi = model.init_params()
         args = (config.meta_step, config.meta_step_final, config.meta_iters)
@@ -143,7 +156,7 @@ class Trainer:
             outer: Interpolation = Interpolation(*args)
         else:
             outer = OuterOptimizer(config.outer, phi, *args)
-        self.learner = MetaLearner(algorithm, outer, phi)
+        self.learner = MetaLearner(algorithm, outer, phi, group)
         self.train_gen = torch.Generator().manual_seed(config.seed)
         self.eval_gen = torch.Generator().manual_seed(config.seed + EVAL_SEED_OFFSET)
 
@@ -171,25 +184,55 @@ class Trainer:
 
     def quick_eval(self, split: str) -> float:
         """Score on one fresh task of `split` (the reference's per-interval evaluation)."""
-        tasks, indices = sample_tasks(self.sources[split], 1, self.evaluator.spec, self.eval_gen)
-        learner = self.learner
-        return float(self.evaluator.run_chunk(learner.phi, learner.inner_state, tasks, indices)[1])
+        return self.interval_eval([split])().pop()
+
+    def interval_eval(self, splits: list[str]) -> Callable[[], list[float]]:
+        """Draws one task per split now; returns a call giving their scores. With a background
+        thread the scoring runs there meanwhile, on a snapshot of phi and the inner state; with
+        several processes each scores its share of the tasks."""
+        drawn = [
+            sample_tasks(self.sources[s], 1, self.evaluator.spec, self.eval_gen) for s in splits
+        ]
+        learner, group = self.learner, self.group
+        phi, state = learner.phi, learner.inner_state
+
+        def score() -> list[float]:
+            part = group.share(len(drawn))
+            mine = [self.evaluator.run_chunk(phi, state, *drawn[j])[1].double() for j in part]
+            rows = torch.cat(mine) if mine else torch.zeros(0, dtype=torch.float64)
+            scores = group.gather_rows(rows, "the interval evaluation")
+            return scores.tolist()
+
+        if self.background is None:
+            return lambda: score()
+        phi, state = tree.clone(phi), _clone_state(state)
+        return self.background.submit(score).result
 
     def train(self, progress: bool = True) -> None:
         """Runs (or resumes) meta-training up to `meta_iters`, logging and checkpointing."""
-        c, learner = self.config, self.learner
+        c, learner, main = self.config, self.learner, self.group.is_main
         if self.directory is not None:
-            prepare_directory(self.directory, c)
-            if list_checkpoints(self.directory):
-                self.restore(load_checkpoint(self.directory))
-                tqdm.write(f"resuming {self.directory} from iteration {learner.iteration}")
+            directory = self.directory
+            ckpt = self.group.from_main(partial(open_run, directory, c), "the run's checkpoint")
+            if ckpt is not None:
+                self.restore(ckpt)
+                if main:
+                    tqdm.write(f"resuming {directory} from iteration {learner.iteration}")
         start = learner.iteration
         log = None
-        if self.directory is not None and start < c.meta_iters:
+        if self.directory is not None and start < c.meta_iters and main:
             log = MetricsLog(self.directory, self.monitor, start)
         t0 = time.perf_counter()
         source = self.sources["train"]
-        bar = tqdm(total=c.meta_iters, initial=start, unit="it", disable=not progress)
+        bar = tqdm(total=c.meta_iters, initial=start, unit="it", disable=not (progress and main))
+        pending: Callable[[], None] | None = None  # logs the last interval evaluation
+
+        def finish() -> None:
+            nonlocal pending
+            if pending is not None:
+                pending()
+                pending = None
+
         for i in range(start, c.meta_iters):
             tasks = source.sample_train(
                 c.meta_batch,
@@ -204,30 +247,51 @@ class Trainer:
             eps = learner.outer.step_size(i)
             losses = learner.step(tasks.xs.to(self.device), tasks.ys.to(self.device), tail)
             if i % c.eval_interval == 0:
-                train_score, monitor_score = self.quick_eval("train"), self.quick_eval(self.monitor)
-                tqdm.write(f"batch {i}: train={train_score:f} {self.monitor}={monitor_score:f}")
-                if log is not None:
-                    log.log(
-                        i,
-                        meta_step=eps,
-                        inner_loss=float(losses.mean()),
-                        train=train_score,
-                        monitor=monitor_score,
-                        seconds=round(time.perf_counter() - t0, 3),
-                        metric="mse" if c.is_regression else "accuracy",
-                    )
-            if self.directory is not None and (
-                (i + 1) % c.checkpoint_every == 0 or i + 1 == c.meta_iters
+                finish()
+                scores = self.interval_eval(["train", self.monitor])
+                loss = float(losses.double().mean())  # exact sum: the same for any layout
+                pending = partial(self._log_interval, log, i, eps, loss, scores, t0)
+                if self.background is None:
+                    finish()
+            if (
+                self.directory is not None
+                and main
+                and ((i + 1) % c.checkpoint_every == 0 or i + 1 == c.meta_iters)
             ):
+                finish()
                 if log is not None:
                     log.flush()
                 save_checkpoint(self.directory, self.checkpoint(), keep=c.keep)
             bar.update()
+        finish()
         bar.close()
         if log is not None:
             log.close()
         self.seconds = time.perf_counter() - t0
         self.iterations = c.meta_iters - start
+
+    def _log_interval(
+        self,
+        log: MetricsLog | None,
+        i: int,
+        eps: float,
+        inner_loss: float,
+        scores: Callable[[], list[float]],
+        t0: float,
+    ) -> None:
+        train_score, monitor_score = scores()
+        if self.group.is_main:
+            tqdm.write(f"batch {i}: train={train_score:f} {self.monitor}={monitor_score:f}")
+        if log is not None:
+            log.log(
+                i,
+                meta_step=eps,
+                inner_loss=inner_loss,
+                train=train_score,
+                monitor=monitor_score,
+                seconds=round(time.perf_counter() - t0, 3),
+                metric="mse" if self.config.is_regression else "accuracy",
+            )
 
     def evaluate(
         self,
@@ -237,14 +301,44 @@ class Trainer:
         inner_state: str = "checkpoint",
         chunk: int | None = None,
         progress: bool = True,
+        keep_scores: bool = False,
         **spec_changes: Any,
     ) -> dict[str, Any]:
-        """The final evaluation of phi on `num_tasks` seeded tasks of `split` (a summary dict).
+        """The summary (a dict) of `evaluation(...)` with the same arguments; keep_scores: also
+        every task's score (`"task_scores"`, in task order)."""
+        args = (split, num_tasks, seed, inner_state, chunk, progress)
+        result, spec, seed = self.evaluation(*args, **spec_changes)
+        summary = result.summary(spec, split, seed)
+        summary.update(
+            dataset=self.config.dataset,
+            iteration=self.learner.iteration,
+            eval_inner_state=inner_state,
+            tasks_per_second=round(result.scores.numel() / max(result.seconds, 1e-9), 1),
+        )
+        if keep_scores:
+            summary["task_scores"] = result.scores.tolist()
+        return summary
+
+    def evaluation(
+        self,
+        split: str = "test",
+        num_tasks: int | None = None,
+        seed: int | None = None,
+        inner_state: str = "checkpoint",
+        chunk: int | None = None,
+        progress: bool = True,
+        **spec_changes: Any,
+    ) -> tuple[EvalResult, EvalSpec, int]:
+        """The final evaluation of phi on `num_tasks` seeded tasks of `split`: scores and
+        predictions per task, the spec and the seed. With several processes each evaluates its
+        share of the task list; all get every task's results.
 
         inner_state: 'checkpoint' starts every task from the carried inner state saved with phi
         (the reference), 'zero' from a fresh one. `spec_changes` override `EvalSpec` fields.
         """
-        c = self.config
+        c, group = self.config, self.group
+        request = {"split": split, "tasks": num_tasks, "seed": seed, "inner_state": inner_state}
+        group.agree("evaluation settings", {**request, **spec_changes})
         spec = eval_spec(c, **spec_changes)
         if num_tasks is None:  # the run's setting, or the reference's 10,000 if it skipped it
             num_tasks = c.eval_samples or TrainConfig().eval_samples
@@ -275,16 +369,50 @@ class Trainer:
         )
         shape = (1,) if c.is_regression else source.dataset.image_shape
         chunk = chunk or default_chunk(spec, shape)
-        chunks = task_chunks(source, num_tasks, spec, seed, chunk)
-        result = evaluator.evaluate(phi, state, chunks, num_tasks, progress)
-        summary = result.summary(spec, split, seed)
-        summary.update(
-            dataset=c.dataset,
-            iteration=self.learner.iteration,
-            eval_inner_state=inner_state,
-            tasks_per_second=round(num_tasks / max(result.seconds, 1e-9), 1),
+        part = group.share(num_tasks)
+        chunks = task_chunks(source, num_tasks, spec, seed, chunk, part)
+        result = evaluator.evaluate(phi, state, chunks, len(part), progress and group.is_main)
+        if group.size > 1:
+            gathered = [
+                group.gather_rows(rows, "the evaluation's results")
+                for rows in (result.scores, result.predictions)
+            ]
+            result = EvalResult(*gathered, result.metric, time.perf_counter() - result.started)
+        return result, spec, seed
+
+
+def _one_thread() -> None:
+    torch.set_num_threads(1)  # this thread's ops; the caller's are unaffected
+
+
+def _clone_state(state: Any) -> Any:
+    """A copy of an inner optimiser state that later steps cannot change."""
+    if isinstance(state, AdamState):
+        return state._replace(
+            exp_avg=tree.clone(state.exp_avg), exp_avg_sq=tree.clone(state.exp_avg_sq)
         )
-        return summary
+    return state
+
+
+def check_group(config: TrainConfig, group: Group) -> None:
+    """Every process was started with the same settings, and the run fits its processes."""
+    agreed = {k: v for k, v in config.to_dict().items() if k not in ("device", "data_dir")}
+    group.agree("configuration", {**agreed, "reptorch": __version__, "torch": torch.__version__})
+    if group.size > 1 and config.parallel == "loop":
+        raise shared(
+            ConfigError(
+                f"parallel='loop' (the reference's inner state threaded through the tasks in "
+                f"sequence) runs in one process, not {group.size}: use --parallel vmap (the "
+                f"tasks side by side, merged inner state) or start one process"
+            )
+        )
+    if config.meta_batch < group.size:
+        raise shared(
+            ConfigError(
+                f"meta_batch={config.meta_batch} tasks cannot be shared among {group.size} "
+                f"processes: start at most {config.meta_batch} or raise --meta-batch"
+            )
+        )
 
 
 def load_trainer(
@@ -292,23 +420,16 @@ def load_trainer(
     device: str | None = None,
     data_dir: str | None = None,
     workers: int | None = None,
+    group: Group = LOCAL,
 ) -> Trainer:
-    """A `Trainer` rebuilt from a run directory alone: its config.json and newest checkpoint."""
+    """A `Trainer` rebuilt from a run directory alone: its config.json and newest checkpoint
+    (read by rank 0 and handed to every process)."""
     directory = Path(directory)
-    path = directory / "config.json"
-    if not path.is_file():
-        raise CheckpointError(
-            f"{directory} holds no reptorch run (no config.json): train into it first with "
-            f"`reptorch train --checkpoint {directory}`"
-        )
-    try:
-        config = TrainConfig.from_dict(json.loads(path.read_text())["config"])
-    except (ValueError, KeyError, TypeError, ConfigError) as error:
-        raise CheckpointError(f"unreadable {path}: {error}") from None
+    config, ckpt = group.from_main(partial(read_run, directory), "the run's checkpoint")
     if device is None and config.device.startswith("cuda") and not torch.cuda.is_available():
         device = "cpu"  # trained on a GPU, evaluated where there is none
+    device = device_for(group, device or config.device)
     changes = {k: v for k, v in {"device": device, "data_dir": data_dir}.items() if v}
-    ckpt = load_checkpoint(directory)  # fails before loading data if there is none
-    trainer = Trainer(config.replace(**changes), directory, workers)
+    trainer = Trainer(config.replace(**changes), directory, workers, group)
     trainer.restore(ckpt)
     return trainer

@@ -41,8 +41,15 @@ def mean(trees: Sequence[Params]) -> Params:
 
 
 def batch_mean(batched: Params) -> Params:
-    """Mean over the leading task dimension of a batched tree."""
-    return {name: value.mean(0) for name, value in batched.items()}
+    """Mean over the leading task dimension of a batched tree, summed in float64.
+
+    A float64 sum of a few float32 values is exact, so the mean does not depend on how the tasks
+    were grouped (one batch, threads, or processes adding partial sums: `reptorch.distributed`).
+    """
+    return {
+        name: value.double().sum(0).div(value.shape[0]).to(value.dtype)
+        for name, value in batched.items()
+    }
 
 
 def stack(trees: Sequence[Params]) -> Params:

@@ -32,3 +32,55 @@ def vector_tasks(tasks: int, steps: int, batch: int, seed: int = 0, dtype=torch.
     xs = torch.randn(tasks, steps, batch, 3, generator=g, dtype=dtype)
     ys = torch.randint(0, 2, (tasks, steps, batch), generator=g)
     return xs, ys
+
+
+def untrained_omniglot_run(directory, eval_iters: int = 10, ways: int = 5):
+    """A run directory (config.json + checkpoint) of the paper's Omniglot net, untrained: phi from
+    the seed, a fresh inner Adam state. What `reptorch demo --checkpoint` reads, in a second."""
+    import json
+    from pathlib import Path
+
+    from reptorch.checkpoint import Checkpoint, save_checkpoint
+    from reptorch.config import resolve
+    from reptorch.functional import FunctionalModel
+    from reptorch.inner_optim import Adam
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    config = resolve("omniglot-5w1s", classes=ways, eval_iters=eval_iters)
+    torch.manual_seed(0)
+    phi = FunctionalModel(OmniglotNet(ways)).init_params()
+    save_checkpoint(directory, Checkpoint(0, phi, Adam(config.learning_rate).init(phi)))
+    (directory / "config.json").write_text(json.dumps({"config": config.to_dict()}))
+    return directory
+
+
+class LiveServer:
+    """An ASGI app under uvicorn in a background thread on a free localhost port."""
+
+    def __init__(self, app) -> None:
+        import socket
+        import threading
+
+        import uvicorn
+
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+        self.thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True
+        )
+
+    def __enter__(self) -> LiveServer:
+        import time
+
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert self.server.started, "uvicorn did not start"
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)

@@ -8,8 +8,10 @@ from torch import nn
 from reptorch import tree
 from reptorch.algorithms import FOMAML, MAML, JointTraining, Reptile
 from reptorch.errors import ConfigError
+from reptorch.fast import ConvNetOracle
 from reptorch.functional import FunctionalModel
 from reptorch.inner_optim import SGD, Adam
+from reptorch.losses import loss_for
 from reptorch.meta import MetaLearner
 from reptorch.outer import Interpolation, OuterOptimizer
 
@@ -87,13 +89,20 @@ def test_batched_reptile_with_meta_batch_one_equals_serial():
     _assert_trees_close(serial.phi, batched.phi, skip_conv_bias=True, rtol=1e-4, atol=1e-5)
 
 
-def test_carry_policy_equals_reference_loop_with_one_adam_state():
+@pytest.mark.parametrize(
+    "reduction, workers", [("mean", None), ("sum", 1), ("sum", 2), ("sum", None)]
+)
+def test_carry_policy_equals_reference_loop_with_one_adam_state(reduction, workers):
     """The reference: one nn.Module and one Adam optimiser; between tasks only the weights are
-    restored, so Adam's moments and step count run on through tasks and meta-iterations."""
+    restored, so Adam's moments and step count run on through tasks and meta-iterations.
+    `parallel='loop'` (the exact semantics) runs each task through the fast oracle as a batch of
+    one; with 2 workers the task's images are split between them (BatchNorm sums all-reduced)."""
     module = tiny_convnet(seed=3)
-    model = FunctionalModel(module)
+    model = FunctionalModel(module, loss_for(reduction))
+    oracle = model.batched_loss_and_grad(workers=workers)
+    assert isinstance(oracle, ConvNetOracle)
     learner = MetaLearner(
-        Reptile(model, Adam(5e-3), parallel="loop", inner_state="carry"),
+        Reptile(model, Adam(5e-3), parallel="loop", batched_loss_and_grad=oracle),
         Interpolation(1.0, 0.0, 2),
         model.init_params(),
     )
@@ -106,7 +115,7 @@ def test_carry_policy_equals_reference_loop_with_one_adam_state():
         for t in range(3):
             for x, y in zip(xs[t], ys[t]):
                 optimizer.zero_grad()
-                F.cross_entropy(module(x), y).backward()
+                F.cross_entropy(module(x), y, reduction=reduction).backward()
                 optimizer.step()
             adapted.append({k: v.detach().clone() for k, v in module.named_parameters()})
             with torch.no_grad():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import random
 import time
 import zipfile
 from pathlib import Path
@@ -156,6 +157,22 @@ def test_reference_split_sizes_and_rotations(parts: dict[str, ImageClassDataset]
         assert train.class_names[c].endswith(f"/rot{90 * (c % 4):03d}")
     unrotated = split_omniglot(parts, "reference", seed=0, rotate=False)["train"]
     assert unrotated.num_classes == 1200
+
+
+def test_reference_split_is_the_reference_codes_for_seed_0(
+    parts: dict[str, ImageClassDataset], omniglot_dir: Path
+) -> None:
+    """The 423 test characters of seed 0 are those the reference's own code picks (listed in the
+    shared data), in the reference's order: Python's `random.shuffle` of the sorted characters."""
+    expected = (omniglot_dir / "reference-split-seed0-test.txt").read_text().split()
+    splits = split_omniglot(parts, "reference", seed=0, rotate=False)
+    assert sorted(splits["test"].class_names) == expected
+    # order too: random.seed(0); random.shuffle(sorted names) as supervised-reptile does
+    names = sorted(n for p in parts.values() for n in p.class_names)
+    random.seed(0)
+    random.shuffle(names)
+    assert list(splits["train"].class_names) == names[:1200]
+    assert list(splits["test"].class_names) == names[1200:]
 
 
 def test_reference_split_depends_on_the_seed_only(parts: dict[str, ImageClassDataset]) -> None:

@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from reptorch.checkpoint import list_checkpoints, load_checkpoint
@@ -21,7 +22,7 @@ from reptorch.checkpoint import list_checkpoints, load_checkpoint
 ITERS, EVERY, KILL_AFTER = 60, 2, 6
 
 
-def _command(shared_data: Path, run: Path) -> list[str]:
+def _command(shared_data: Path, run: Path, parallel: str) -> list[str]:
     exe = shutil.which("reptorch", path=str(Path(sys.executable).parent)) or "reptorch"
     return [
         exe, "train", "--dataset", "omniglot", "--data-dir", str(shared_data),
@@ -29,7 +30,7 @@ def _command(shared_data: Path, run: Path) -> list[str]:
         "--inner-iters", "3", "--meta-batch", "3", "--meta-iters", str(ITERS),
         "--meta-step", "1.0", "--meta-step-final", "0.0", "--eval-interval", "5",
         "--eval-iters", "2", "--eval-samples", "0", "--checkpoint-every", str(EVERY),
-        "--device", "cpu", "--no-progress", "--checkpoint", str(run),
+        "--device", "cpu", "--no-progress", "--checkpoint", str(run), "--parallel", parallel,
     ]  # fmt: skip
 
 
@@ -38,13 +39,18 @@ def _run(command: list[str]) -> None:
     assert done.returncode == 0, done.stderr[-2000:]
 
 
-def test_sigkill_and_resume_is_bit_identical(tmp_path, shared_data):
+@pytest.mark.parametrize("parallel", ["vmap", "loop"])
+def test_sigkill_and_resume_is_bit_identical(tmp_path, shared_data, parallel):
+    """Both the merged (vmap) and the exact sequential (loop) modes; the latter scores its
+    interval evaluations in a background thread, which must log the same rows in order."""
     killed, whole = tmp_path / "killed", tmp_path / "whole"
     reference = subprocess.Popen(
-        _command(shared_data, whole), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        _command(shared_data, whole, parallel), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
     victim = subprocess.Popen(
-        _command(shared_data, killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        _command(shared_data, killed, parallel),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 240
     while not any(i >= KILL_AFTER for i in list_checkpoints(killed)):
@@ -56,7 +62,7 @@ def test_sigkill_and_resume_is_bit_identical(tmp_path, shared_data):
     reached = list_checkpoints(killed)[-1]
     assert victim.returncode == -signal.SIGKILL and reached < ITERS, "killed after the end"
 
-    _run(_command(shared_data, killed))  # the same command: resumes
+    _run(_command(shared_data, killed, parallel))  # the same command: resumes
     assert reference.wait(timeout=300) == 0, reference.stderr.read().decode()[-2000:]
 
     a, b = load_checkpoint(killed), load_checkpoint(whole)
@@ -69,3 +75,11 @@ def test_sigkill_and_resume_is_bit_identical(tmp_path, shared_data):
     rows = (killed / "metrics.csv").read_text().splitlines()
     iterations = [int(r.split(",")[0]) for r in rows[1:]]
     assert iterations == list(range(0, ITERS, 5))  # no duplicated rows after the resume
+    header = rows[0].split(",")
+    timing = header.index("seconds")
+
+    def values(run: Path) -> list[list[str]]:
+        lines = (run / "metrics.csv").read_text().splitlines()[1:]
+        return [[v for j, v in enumerate(r.split(",")) if j != timing] for r in lines]
+
+    assert values(killed) == values(whole)  # the same interval evaluations, in order

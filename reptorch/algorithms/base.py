@@ -8,6 +8,7 @@ only `task_update`, the per-task contribution to D.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
@@ -44,10 +45,14 @@ class MetaAlgorithm:
         meta-batch starts from the same state and the mean of their final states is carried on
         (`merge_task_states`).
       - 'reset': a fresh inner state for every task.
-    parallel: 'vmap' runs the tasks of a meta-batch at once; 'loop' one after another.
+    parallel: 'vmap' runs the tasks of a meta-batch at once; 'loop' one after another, the
+    reference's exact semantics. A first-order algorithm's loop runs each task through the batched
+    oracle as a batch of one (the fast conv-net oracle then shares the task's images over its
+    workers); MAML's differentiates through the per-task oracle.
     """
 
     name = "base"
+    first_order = True  # task updates need no graph through the inner loop (MAML: False)
 
     def __init__(
         self,
@@ -69,6 +74,9 @@ class MetaAlgorithm:
         self.parallel = parallel
         self.weight_decay = weight_decay
         self.batched_loss_and_grad = batched_loss_and_grad or model.batched_loss_and_grad()
+        # the mean of a batched tree over the meta-batch's tasks; across processes the one
+        # over all processes' tasks (`reptorch.distributed.Group.task_mean`, set by MetaLearner)
+        self.task_mean: Callable[[Params], Params] = tree.batch_mean
 
     @property
     def carries(self) -> bool:
@@ -101,16 +109,33 @@ class MetaAlgorithm:
                 batches.append(tail)
             phis = tree.expand(phi, xs.shape[0])
             result = self.task_update(self.batched_loss_and_grad, phis, batches, start)
-            carried = merge_task_states(result.state) if self.carries else inner_state
-            return MetaStep(tree.batch_mean(result.update), carried, result.losses.T)
+            carried = (
+                merge_task_states(result.state, self.task_mean) if self.carries else inner_state
+            )
+            return MetaStep(self.task_mean(result.update), carried, result.losses.T)
         updates, losses, state = [], [], start
         for i in range(xs.shape[0]):
-            batches = list(zip(xs[i], ys[i], strict=True))
-            if tail is not None:
-                batches.append((tail[0][i], tail[1][i]))
-            result = self.task_update(self.model.loss_and_grad, phi, batches, state)
+            task_tail = None if tail is None else (tail[0][i], tail[1][i])
+            result = self._one_task(phi, xs[i], ys[i], state, task_tail)
             state = result.state if self.carries else self.inner.init(phi)
             updates.append(result.update)
             losses.append(result.losses)
         carried = state if self.carries else inner_state
         return MetaStep(tree.mean(updates), carried, torch.stack(losses))
+
+    def _one_task(
+        self, phi: Params, xs: torch.Tensor, ys: torch.Tensor, state: Any, tail: Batch | None
+    ) -> TaskUpdate:
+        """One task's update from `state` (loop mode): xs (k, B, ...), ys (k, B)."""
+        batches = list(zip(xs, ys, strict=True))
+        if tail is not None:
+            batches.append(tail)
+        if not self.first_order:
+            return self.task_update(self.model.loss_and_grad, phi, batches, state)
+        one = [(x[None], y[None]) for x, y in batches]  # a batch of one task
+        result = self.task_update(self.batched_loss_and_grad, tree.expand(phi, 1), one, state)
+        return TaskUpdate(
+            {k: v[0] for k, v in result.update.items()},
+            merge_task_states(result.state),  # drops the task dim of one task: exact
+            result.losses.reshape(-1),
+        )

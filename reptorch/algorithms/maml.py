@@ -20,6 +20,7 @@ from reptorch.algorithms.base import MetaAlgorithm, MetaStep, TaskUpdate
 
 class MAML(MetaAlgorithm):
     name = "maml"
+    first_order = False
 
     def __init__(self, *args, **kwargs) -> None:
         kwargs["inner_state"] = "reset"
@@ -56,4 +57,4 @@ class MAML(MetaAlgorithm):
         if tail is None:  # shared tail: the k-th mini-batch drawn like the others
             xs, ys, tail = xs[:, :-1], ys[:, :-1], (xs[:, -1], ys[:, -1])
         grads, losses = vmap(self.meta_gradient, in_dims=(None, 0, 0, 0, 0))(phi, xs, ys, *tail)
-        return MetaStep(tree.scale(tree.batch_mean(grads), -self.inner.lr), inner_state, losses)
+        return MetaStep(tree.scale(self.task_mean(grads), -self.inner.lr), inner_state, losses)

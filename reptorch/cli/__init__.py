@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from reptorch import __version__
 from reptorch.errors import ReptorchError
 
 # Subcommand modules under reptorch.cli, in the order `--help` lists them.
-SUBCOMMANDS: tuple[str, ...] = ("sine", "data", "train", "eval", "tabular")
+SUBCOMMANDS: tuple[str, ...] = ("sine", "data", "train", "eval", "plot", "demo", "tabular")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,7 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except ReptorchError as error:
-        print(f"reptorch: error: {error}", file=sys.stderr)
+        # an error every torchrun process raises alike (`reptorch.distributed`): rank 0 prints it
+        if not getattr(error, "shared", False) or os.environ.get("RANK", "0") == "0":
+            print(f"reptorch: error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("reptorch: interrupted", file=sys.stderr)

@@ -1,7 +1,9 @@
 """`reptorch eval`: few-shot accuracy of a trained run, rebuilt from its directory alone.
 
-Reads `config.json` and the newest checkpoint of `--checkpoint DIR`, fine-tunes on each seeded
-task's support set exactly as the reference does and reports mean +- 95% CI over the tasks.
+Reads `config.json` and the newest checkpoint of `--checkpoint DIR` (or of the shipped model
+`--model NAME`, `reptorch.pretrained`), fine-tunes on each seeded task's support set exactly as
+the reference does and reports mean +- 95% CI over the tasks. Under torchrun the processes share
+the task list; rank 0 prints and saves the result.
 """
 
 from __future__ import annotations
@@ -9,7 +11,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from reptorch.cli.train import cpu_threads, report
+from reptorch import distributed, pretrained
+from reptorch.cli.train import add_dist_timeout, in_group, report
 from reptorch.training import load_trainer
 
 
@@ -19,7 +22,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="evaluate a trained run on seeded few-shot tasks (mean +- 95%% CI)",
         description="Settings not given are those the run was trained with (its config.json).",
     )
-    parser.add_argument("--checkpoint", required=True, help="run directory of `reptorch train`")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="run directory of `reptorch train`")
+    source.add_argument(
+        "--model", help=f"a shipped model: {', '.join(pretrained.names()) or 'none yet'}"
+    )
     parser.add_argument(
         "--transductive",
         action=argparse.BooleanOptionalAction,
@@ -47,12 +54,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", help="torch device (default: the run's)")
     parser.add_argument("--json", action="store_true", help="print one JSON object as last line")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_dist_timeout(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    directory = Path(args.checkpoint)
-    trainer = load_trainer(directory, args.device, args.data_dir, cpu_threads())
+    return in_group(_evaluate, args)
+
+
+def _evaluate(args: argparse.Namespace, workers: int, group: distributed.Group) -> int:
+    if args.model is not None:  # read-only package data: the result is printed, not saved
+        directory, save_to = pretrained.path(args.model), None
+    else:
+        directory = save_to = Path(args.checkpoint)
+    trainer = load_trainer(directory, args.device, args.data_dir, workers, group)
     summary = trainer.evaluate(
         split=args.split,
         num_tasks=args.eval_samples,
@@ -66,5 +81,6 @@ def run(args: argparse.Namespace) -> int:
         inner_iters=args.eval_iters,
         inner_batch=args.eval_batch,
     )
-    report(summary, directory, args.json)
+    if group.is_main:
+        report(summary, save_to, args.json)
     return 0

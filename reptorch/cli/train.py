@@ -3,6 +3,8 @@
 Every flag defaults to None so that an explicit flag is told apart from a default: the reference
 defaults (`reptorch.config`), then `--preset`'s values, then explicit flags. Rerunning the same
 command on the same `--checkpoint` directory resumes it; `--pretrained` only evaluates it.
+Started by torchrun (`torchrun --nproc-per-node N -m reptorch train ...`) the processes share
+each meta-batch (`reptorch.distributed`); rank 0 alone writes and prints.
 """
 
 from __future__ import annotations
@@ -10,16 +12,20 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm import tqdm
 
+from reptorch import distributed
 from reptorch.config import ALGORITHMS, DATASETS, PRESETS, TrainConfig, resolve
 from reptorch.errors import ConfigError
 from reptorch.io import atomic_write_json
-from reptorch.training import Trainer, eval_file, load_trainer
+from reptorch.losses import LOSS_REDUCTIONS
+from reptorch.run_directory import eval_file
+from reptorch.training import Trainer, load_trainer
 
 _D = TrainConfig()
 # flag -> (config field, type, help); the default shown comes from TrainConfig.
@@ -54,6 +60,11 @@ _CHOICES: dict[str, tuple[str, tuple[str, ...], str]] = {
     "--inner-state": ("inner_state", ("carry", "reset"), "inner optimiser state across tasks"),
     "--parallel": ("parallel", ("vmap", "loop"), "meta-batch tasks at once or in sequence"),
     "--outer": ("outer", ("interpolate", "sgd", "adam"), "outer update of phi"),
+    "--loss-reduction": (
+        "loss_reduction",
+        LOSS_REDUCTIONS,
+        "inner loss over a mini-batch: sum (the reference's) or mean (sine: mean)",
+    ),
 }
 
 
@@ -98,7 +109,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--json", action="store_true", help="print the evaluation as JSON last")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_dist_timeout(parser)
     parser.set_defaults(func=run)
+
+
+def add_dist_timeout(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--dist-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="under torchrun: how long a process waits for the others before it stops with an "
+        f"error (default: ${distributed.TIMEOUT_VARIABLE} or {distributed.DEFAULT_TIMEOUT:g})",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -165,12 +187,25 @@ def cpu_threads() -> int:
     return threads
 
 
+def in_group(body: Callable[[argparse.Namespace, int, distributed.Group], int], args) -> int:
+    """`body(args, workers, group)` in torchrun's process group (or alone), which it then leaves."""
+    workers = cpu_threads()
+    group = distributed.setup(args.device, args.dist_timeout)
+    try:
+        return body(args, workers, group)
+    finally:
+        distributed.close()
+
+
 def run(args: argparse.Namespace) -> int:
+    return in_group(_train, args)
+
+
+def _train(args: argparse.Namespace, workers: int, group: distributed.Group) -> int:
     directory = Path(args.checkpoint)
     progress = not args.no_progress
-    workers = cpu_threads()
     if args.pretrained:
-        trainer = load_trainer(directory, args.device, args.data_dir, workers)
+        trainer = load_trainer(directory, args.device, args.data_dir, workers, group)
         changes = {"transductive": args.transductive}
         summary = trainer.evaluate(
             num_tasks=args.eval_samples,
@@ -178,17 +213,22 @@ def run(args: argparse.Namespace) -> int:
             progress=progress,
             **changes,
         )
-        report(summary, directory, args.json)
+        if group.is_main:
+            report(summary, directory, args.json)
         return 0
     config = config_from_args(args)
-    trainer = Trainer(config, directory, workers)
+    config = config.replace(device=distributed.device_for(group, config.device))
+    trainer = Trainer(config, directory, workers, group)
     trainer.train(progress=progress)
-    if trainer.iterations:
+    if trainer.iterations and group.is_main:
         rate = trainer.iterations / max(trainer.seconds, 1e-9)
+        processes = f", {group.size} processes" if group.size > 1 else ""
         tqdm.write(
-            f"trained {trainer.iterations} iterations in {trainer.seconds:.1f} s ({rate:.2f} it/s)"
+            f"trained {trainer.iterations} iterations in {trainer.seconds:.1f} s ({rate:.2f} it/s"
+            f"{processes})"
         )
     if config.eval_samples > 0:
         summary = trainer.evaluate(inner_state=args.eval_inner_state, progress=progress)
-        report(summary, directory, args.json)
+        if group.is_main:
+            report(summary, directory, args.json)
     return 0

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import os
+import random
 import zipfile
 import zlib
 from collections.abc import Iterable, Sequence
@@ -370,6 +371,20 @@ def rotate_classes(
     return ImageClassDataset(images, offsets, names)
 
 
+def reference_order(num_characters: int, seed: int) -> list[int]:
+    """The reference's shuffle of the pooled characters: `random.seed(seed)`, `random.shuffle`.
+
+    supervised-reptile's `split_dataset` shuffles the (alphabet, character)-sorted list with
+    Python's global `random` seeded by `--seed` and takes the first 1200 to train. A private
+    `random.Random(seed)` draws the same permutation (shuffle depends only on the list's length)
+    without touching the caller's global state, so the 423 test characters of seed 0 are the
+    paper's (`reference-split-seed0-test.txt` in the shared data).
+    """
+    order = list(range(num_characters))
+    random.Random(seed).shuffle(order)
+    return order
+
+
 def split_omniglot(
     parts: dict[str, ImageClassDataset],
     split: str = "reference",
@@ -394,7 +409,7 @@ def split_omniglot(
                 f"train_classes={train_classes} must be between 1 and {pool.num_classes - 1} "
                 f"(the number of characters found minus one)"
             )
-        order = torch.randperm(pool.num_classes, generator=generator).tolist()
+        order = reference_order(pool.num_classes, seed)
         train_idx, test = order[:train_classes], select_classes(pool, order[train_classes:])
         train_pool = pool
     else:

@@ -307,9 +307,11 @@ class EvalTaskList:
     def __len__(self) -> int:
         return self.tasks.support_xs.shape[0]
 
-    def batches(self, size: int) -> Iterator[EvalTasks]:
-        """Consecutive chunks of at most `size` tasks, images materialised per chunk."""
+    def batches(self, size: int, start: int = 0, stop: int | None = None) -> Iterator[EvalTasks]:
+        """Consecutive chunks of at most `size` of the tasks start..stop - 1 (default: all),
+        images materialised per chunk."""
         _positive(size=size)
-        for start in range(0, len(self), size):
-            chunk = EvalTasks(*(t[start : start + size] for t in self.tasks))
+        stop = len(self) if stop is None else min(stop, len(self))
+        for first in range(start, stop, size):
+            chunk = EvalTasks(*(t[first : min(first + size, stop)] for t in self.tasks))
             yield self.sampler.materialise(chunk)

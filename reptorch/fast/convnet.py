@@ -115,11 +115,14 @@ def loss_and_grad(
     y: Tensor,
     spec: ConvNetSpec = OMNIGLOT,
     out: Params | None = None,
+    reduction: str = "mean",
 ) -> tuple[Tensor, Params]:
-    """Mean softmax cross-entropy per task (T,) and its gradient w.r.t. every T-batched param.
+    """Softmax cross-entropy per task (T,), mean or sum over the mini-batch (`reduction`), and its
+    gradient w.r.t. every T-batched param.
 
     Same contract (and values, to float rounding) as
-    `vmap(grad_and_value(lambda p, x, y: F.cross_entropy(functional_call(net, p, (x,)), y)))`.
+    `vmap(grad_and_value(lambda p, x, y: F.cross_entropy(functional_call(net, p, (x,)), y,
+    reduction=reduction)))`.
     `out`, if given, receives the gradients (tensors of the params' shapes, e.g. views into one
     flat buffer) and is returned as the gradient dict.
     """
@@ -128,6 +131,7 @@ def loss_and_grad(
         out = {k: x.new_empty(params[k].shape) for k in names}
     with torch.no_grad():
         loss = kernel(spec).loss_and_grad(
-            [params[k] for k in names], x, y, [out[k] for k in names], False, -1, 0, x.shape[1]
-        )
+            [params[k] for k in names], x, y, [out[k] for k in names], False, -1, 0, x.shape[1],
+            float(x.shape[1]) if reduction == "mean" else 1.0,
+        )  # fmt: skip
     return loss, {k: out[k] for k in params}

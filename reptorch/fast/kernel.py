@@ -277,8 +277,10 @@ class ConvNetKernel(nn.Module):
         comm: int,
         rank: int,
         batch: int,
+        divisor: float,
     ) -> Tensor:
-        """Mean cross-entropy per task (T,); writes d loss / d params into `grads` (same layout).
+        """Cross-entropy per task (T,), summed over the mini-batch and divided by `divisor` (the
+        batch size for the mean, 1 for the reference's sum); writes d loss / d params into `grads`.
 
         With workers splitting the images (`comm >= 0`) the loss and the conv / classifier
         gradients are this worker's share (the caller sums them); BatchNorm's are whole on rank 0
@@ -287,12 +289,14 @@ class ConvNetKernel(nn.Module):
         t, b = x.size(0), x.size(1)
         layers = self.layers
         scores, saved, dims = self._forward(params, x, True, gemm, comm, rank, batch)
-        # loss = mean_b (logsumexp(l_b) - l_b[y_b]); dL/dl = (softmax - onehot) / B.
+        # loss = sum_b (logsumexp(l_b) - l_b[y_b]) / D; dL/dl = (softmax - onehot) / D.
         lse = torch.logsumexp(scores, dim=2, keepdim=True)
         picked = scores.gather(2, y.unsqueeze(2))
-        loss = (lse - picked).sum(dim=[1, 2]) / batch
+        loss = (lse - picked).sum(dim=[1, 2]) / divisor
         g = (scores - lse).exp_()
-        g.scatter_add_(2, y.unsqueeze(2), torch.full_like(picked, -1.0)).div_(batch)
+        g.scatter_add_(2, y.unsqueeze(2), torch.full_like(picked, -1.0))
+        if divisor != 1.0:
+            g.div_(divisor)
         feat, wc = saved[-2], saved[-1]
         cf, hf, wf = dims[-1][0], dims[-1][1], dims[-1][2]
         grads[4 * layers + 1].copy_(g.sum(1))
@@ -381,10 +385,11 @@ class ConvNetKernel(nn.Module):
         decay, loss and gradient, then the optimiser update of columns lo:hi (all of them for a
         single worker; each worker its share when they split the images, after summing the
         workers' partial gradients into `total`). hyper = [adam (0/1), lr, beta1, beta2, eps,
-        weight_decay]. Adam: the ops of `inner_optim.Adam.step`, in the same order.
+        weight_decay, loss divisor]. Adam: the ops of `inner_optim.Adam.step`, in the same order.
         """
         adam = hyper[0] > 0.0
         lr, beta1, beta2, eps, decay = hyper[1], hyper[2], hyper[3], hyper[4], hyper[5]
+        divisor = hyper[6]
         p = flat[:, lo:hi]
         g = total[:, lo:hi]
         for j in range(len(xs)):
@@ -392,7 +397,7 @@ class ConvNetKernel(nn.Module):
                 p.mul_(decay)
                 if comm >= 0:
                     _barrier(comm)
-            loss = self.loss_and_grad(params, xs[j], ys[j], grads, True, comm, rank, batch)
+            loss = self.loss_and_grad(params, xs[j], ys[j], grads, True, comm, rank, batch, divisor)
             losses[j].copy_(loss)
             if comm >= 0:
                 _barrier(comm)

@@ -26,9 +26,12 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 from torch import Tensor, nn
 
+from reptorch.adapt import AdaptResult
 from reptorch.fast import comm, convnet
 from reptorch.fast.convnet import ConvNetSpec, Params
 from reptorch.fast.flat import FlatLayout
+from reptorch.inner_optim import SGD, Adam, AdamState, SGDState
+from reptorch.losses import LOSS_REDUCTIONS
 from reptorch.models import ConvBlock, FourBlockNet, MiniImageNetNet, OmniglotNet
 
 ITEM_TASKS = 5  # tasks per work item when sharing by tasks (see docs/benchmarks.md)
@@ -69,13 +72,22 @@ class ConvNetOracle:
     (1 runs in the caller's thread with its own intra-op threading). CUDA inputs always run in one
     call (the GPU is already parallel over tasks).
     item_tasks: tasks per work item when sharing by tasks.
+    reduction: the softmax cross-entropy's over a mini-batch, 'mean' or 'sum' (the reference's;
+    `reptorch.losses`).
     """
 
     def __init__(
-        self, spec: ConvNetSpec, workers: int | None = None, item_tasks: int = ITEM_TASKS
+        self,
+        spec: ConvNetSpec,
+        workers: int | None = None,
+        item_tasks: int = ITEM_TASKS,
+        reduction: str = "mean",
     ) -> None:
         if workers is not None and workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
+        if reduction not in LOSS_REDUCTIONS:
+            raise ValueError(f"reduction must be one of {LOSS_REDUCTIONS}, got {reduction!r}")
+        self.reduction = reduction
         self.spec = spec
         self.workers = workers
         self.item_tasks = item_tasks
@@ -134,7 +146,9 @@ class ConvNetOracle:
         def run(s: slice) -> None:
             out = {k: v[s] for k, v in grads.items()}
             part = {k: v[s] for k, v in params.items()}
-            loss[s] = convnet.loss_and_grad(part, x[s], y[s], self.spec, out=out)[0]
+            loss[s] = convnet.loss_and_grad(
+                part, x[s], y[s], self.spec, out=out, reduction=self.reduction
+            )[0]
 
         self._map(run, tasks, -(-tasks // workers), workers)
         return loss, grads
@@ -168,9 +182,6 @@ class ConvNetOracle:
         in GEMM layout), so an optimiser step is a few elementwise ops in place, in the order of
         `Adam.step`. Returns `AdaptResult(params, state (T-batched), losses (k, T))`.
         """
-        from reptorch.adapt import AdaptResult
-        from reptorch.inner_optim import SGD, Adam, AdamState, SGDState
-
         if not isinstance(optimizer, (Adam, SGD)):
             return None
         batches = list(batches)
@@ -190,6 +201,7 @@ class ConvNetOracle:
             else:
                 hyper = [0.0, optimizer.lr, 0.0, 0.0, 0.0]
             hyper.append(float(weight_decay))
+            hyper.append(float(batch) if self.reduction == "mean" else 1.0)  # loss divisor
             # params, exp_avg, exp_avg_sq; filled by the workers, each its own rows
             buffers = [x0.new_empty(tasks, layout.size) for _ in sources]
             flat, m, v = buffers if is_adam else (buffers[0], None, None)
@@ -333,11 +345,11 @@ def spec_for(module: nn.Module) -> ConvNetSpec | None:
 
 
 def fast_loss_and_grad_for(
-    module: nn.Module, workers: int | None = None
+    module: nn.Module, workers: int | None = None, reduction: str = "mean"
 ) -> Callable[[Params, Tensor, Tensor], tuple[Tensor, Params]] | None:
     """The fast batched oracle if `module` is an `OmniglotNet`/`MiniImageNetNet`, else None."""
     spec = spec_for(module)
-    return None if spec is None else ConvNetOracle(spec, workers)
+    return None if spec is None else ConvNetOracle(spec, workers, reduction=reduction)
 
 
 def fast_logits_for(

@@ -1,0 +1,56 @@
+"""`reptorch plot RUN_DIR --out FILE`: the learning curve of a run, from its metrics log alone.
+
+Train and monitor (test or val) scores of the per-interval evaluations (one fresh task each,
+as the reference prints them), smoothed; the meta step; the inner loss. Works on a run in
+progress: it reads what `metrics.csv` holds so far.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from reptorch.errors import ConfigError
+from reptorch.metrics_log import read_metrics
+from reptorch.plots import plot_learning_curve
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "plot",
+        help="draw a run's learning curve (train/test accuracy, meta step, inner loss) as a PNG",
+    )
+    parser.add_argument("run", metavar="RUN_DIR", help="run directory of `reptorch train`")
+    parser.add_argument("--out", required=True, help="PNG file to write")
+    parser.add_argument(
+        "--smooth", type=int, default=100, help="moving-average window in log rows (default: 100)"
+    )
+    parser.add_argument("--title", help="figure title (default: the run directory's name)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.smooth < 1:
+        raise ConfigError(f"--smooth {args.smooth}: give a window of at least 1 row")
+    if not args.out.lower().endswith(".png"):
+        raise ConfigError(f"--out {args.out}: the figure is a PNG; name a .png file")
+    directory = Path(args.run)
+    metrics = read_metrics(directory)
+    monitor, metric = "test", "accuracy"
+    config_path = directory / "config.json"
+    if config_path.is_file():
+        try:
+            config = json.loads(config_path.read_text())["config"]
+            metric = "mse" if config.get("dataset") == "sine" else "accuracy"
+        except (ValueError, KeyError, TypeError):
+            pass  # the curve needs only the metrics log
+    if (directory / "val").is_dir():
+        monitor = "val"
+    last = int(metrics["iteration"][-1])
+    title = args.title or f"{directory.name}: {last + 1:,} meta-iterations"
+    plot_learning_curve(
+        metrics, Path(args.out), title=title, monitor=monitor, metric=metric, window=args.smooth
+    )
+    print(f"wrote {args.out} ({len(metrics['iteration'])} rows, iterations 0..{last})")
+    return 0

@@ -1,0 +1,264 @@
+"""The demo's web server: the page, its static files and a JSON API (FastAPI, OpenAPI at /docs).
+
+- `GET /`: the page; `GET /static/...`: its script and style sheet.
+- `GET /api/info`: the model, its ways and the request limits.
+- `GET /api/examples`: shipped Omniglot drawings (pen strokes, MIT-licensed) to fill the boxes.
+- `POST /api/render`: drawings -> the 28x28 images the network sees.
+- `POST /api/predict`: support drawings (N classes x K) and a query -> class probabilities,
+  the fine-tuning losses and the images.
+
+A drawing is a list of strokes, a stroke a list of [x, y] points in canvas pixels (y downward).
+A bad request gets a 4xx whose JSON body is `{"detail": "<one line>"}` and changes nothing;
+bodies over `MAX_BODY` bytes are refused (413) before they are parsed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from reptorch.demo.engine import MAX_SHOTS, Engine
+from reptorch.demo.render import render
+from reptorch.errors import ReptorchError
+
+HERE = Path(__file__).parent
+STATIC = HERE / "static"
+EXAMPLES = HERE / "examples"
+MAX_BODY = 1 << 20  # bytes of one request body
+MAX_STROKES = 64  # strokes in one drawing
+MAX_POINTS = 4000  # points in one drawing, all strokes together
+
+Coordinate = Annotated[float, Field(allow_inf_nan=False, ge=-1e6, le=1e6)]
+Point = tuple[Coordinate, Coordinate]
+Stroke = Annotated[list[Point], Field(min_length=1, max_length=MAX_POINTS)]
+Drawing = Annotated[
+    list[Stroke],
+    Field(
+        min_length=1,
+        max_length=MAX_STROKES,
+        description="strokes, each a list of [x, y] points in canvas pixels (y downward)",
+    ),
+]
+
+
+def _check_points(drawings: list[list[list[Point]]], where: str) -> None:
+    for i, drawing in enumerate(drawings):
+        points = sum(len(stroke) for stroke in drawing)
+        if points > MAX_POINTS:
+            raise ValueError(f"{where}[{i}] has {points} points: at most {MAX_POINTS} a drawing")
+
+
+class RenderRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    drawings: list[Drawing] = Field(min_length=1, max_length=101)
+
+    @model_validator(mode="after")
+    def _points(self) -> RenderRequest:
+        _check_points(self.drawings, "drawings")
+        return self
+
+
+class PredictRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    support: list[list[Drawing]] = Field(
+        min_length=2,
+        max_length=100,
+        description="support[c][k]: drawing k of class c; every class has the same K (1 to 5)",
+    )
+    query: Drawing
+
+    @model_validator(mode="after")
+    def _shape(self) -> PredictRequest:
+        shots = {len(drawings) for drawings in self.support}
+        if len(shots) > 1:
+            raise ValueError(f"classes have {sorted(shots)} drawings: give each the same number")
+        if not 1 <= shots.pop() <= MAX_SHOTS:
+            raise ValueError(f"give 1 to {MAX_SHOTS} drawings per class")
+        for c, drawings in enumerate(self.support):
+            _check_points(drawings, f"support[{c}]")
+        _check_points([self.query], "query")
+        return self
+
+
+class Images(BaseModel):
+    support: list[list[str]] = Field(description="per class and shot, as `image` strings")
+    query: str
+
+
+class RenderResponse(BaseModel):
+    images: list[str] = Field(
+        description="28x28 images, row-major strings of 784 characters: '1' ink, '0' paper"
+    )
+
+
+class PredictResponse(BaseModel):
+    probabilities: list[float] = Field(description="P(query in class c), c = 0..N-1")
+    predicted: int
+    losses: list[float] = Field(description="fine-tuning loss of each inner step")
+    images: Images
+    milliseconds: float = Field(description="fine-tuning and prediction time")
+    fine_tuned: bool = Field(
+        description="false when the weights fine-tuned on the same support images were reused"
+    )
+
+
+def encode(image: np.ndarray) -> str:
+    """A 28x28 network input (ink 0) as 784 characters, '1' where there is ink."""
+    return "".join("1" if v < 0.5 else "0" for v in image.reshape(-1))
+
+
+def _location(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if p not in ("body",)]
+    text = ""
+    for part in parts:
+        text += f"[{part}]" if part.isdigit() else (f".{part}" if text else part)
+    return text or "body"
+
+
+class BodyLimit:
+    """ASGI middleware: refuses request bodies over `limit` bytes (413) before any parsing."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+            await _too_large(self.limit, send)
+            return
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                await self.app(scope, receive, send)  # disconnect: let the app see it
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.limit:
+                await _too_large(self.limit, send)
+                return
+            more = message.get("more_body", False)
+        body, replayed = b"".join(chunks), False
+
+        async def replay() -> dict:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+async def _too_large(limit: int, send: Any) -> None:
+    body = json.dumps({"detail": f"request body over {limit} bytes: send fewer points"}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [(b"content-type", b"application/json"), (b"connection", b"close")],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def create_app(engine: Engine) -> FastAPI:
+    """The demo app serving `engine`'s model."""
+    app = FastAPI(
+        title="reptorch demo",
+        summary="Few-shot classification of drawn symbols with a Reptile-trained network",
+        version="1",
+    )
+    model = engine.model
+    spec = engine.evaluator(min(3, model.ways), 1).spec
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, error: RequestValidationError) -> JSONResponse:
+        first = error.errors()[0]
+        if first.get("type") == "json_invalid":
+            reason = first.get("ctx", {}).get("error", "")
+            return JSONResponse({"detail": f"malformed JSON: {reason}".strip()}, status_code=400)
+        message = str(first.get("msg", "invalid")).removeprefix("Value error, ")
+        detail = f"{_location(tuple(first.get('loc', ())))}: {message}".replace("\n", " ")
+        return JSONResponse({"detail": detail}, status_code=422)
+
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    @app.get("/api/info")
+    def info() -> dict[str, Any]:
+        """The model and the limits a request must keep."""
+        return {
+            "model": model.name,
+            "ways": model.ways,
+            "max_shots": MAX_SHOTS,
+            "inner_steps": spec.inner_iters,
+            "inner_batch": spec.inner_batch,
+            "learning_rate": model.config.learning_rate,
+            "limits": {"body_bytes": MAX_BODY, "strokes": MAX_STROKES, "points": MAX_POINTS},
+        }
+
+    @app.get("/api/examples")
+    def examples() -> dict[str, Any]:
+        """Omniglot drawings (Lake et al. 2015, MIT license): `classes[c].drawings[i]`."""
+        return load_examples()
+
+    @app.post("/api/render")
+    def render_drawings(request: RenderRequest) -> RenderResponse:
+        """The 28x28 image the network sees for each drawing."""
+        return RenderResponse(images=[encode(render(d)) for d in request.drawings])
+
+    @app.post("/api/predict")
+    def predict(request: PredictRequest) -> PredictResponse:
+        """Fine-tunes on the support drawings and classifies the query (non-transductive)."""
+        ways = len(request.support)
+        if ways > model.ways:
+            raise HTTPException(
+                422, f"support has {ways} classes: this model classifies 2 to {model.ways}"
+            )
+        support = np.stack([np.stack([render(d) for d in shots]) for shots in request.support])
+        query = render(request.query)
+        try:
+            result = engine.predict(support, query)
+        except ReptorchError as error:
+            raise HTTPException(422, str(error)) from None
+        images = Images(
+            support=[[encode(i) for i in shots] for shots in support], query=encode(query)
+        )
+        return PredictResponse(
+            probabilities=result.probabilities,
+            predicted=result.predicted,
+            losses=result.losses,
+            images=images,
+            milliseconds=result.milliseconds,
+            fine_tuned=result.fine_tuned,
+        )
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.add_middleware(BodyLimit, limit=MAX_BODY)
+    return app
+
+
+def load_examples() -> dict[str, Any]:
+    """The shipped example drawings: {"source", "classes": [{"name", "drawings"}]}."""
+    from reptorch.demo.strokes import parse
+
+    classes = []
+    for folder in sorted(p for p in EXAMPLES.iterdir() if p.is_dir()):
+        files = sorted(folder.glob("*.txt"))
+        drawings = [parse(f.read_text(), f.name) for f in files]
+        classes.append({"name": folder.name, "drawings": drawings})
+    return {"source": (EXAMPLES / "README.md").read_text().splitlines()[0], "classes": classes}

@@ -1,0 +1,66 @@
+"""A run directory: config.json, checkpoints, metrics and evaluations of one meta-training run.
+
+Read and written by one process only (rank 0 under torchrun); `prepare_directory` refuses a
+directory that holds a run with other settings, naming them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from reptorch.checkpoint import Checkpoint, list_checkpoints, load_checkpoint
+from reptorch.config import TrainConfig
+from reptorch.errors import CheckpointError, ConfigError
+from reptorch.io import atomic_write_json
+
+
+def eval_file(directory: Path, transductive: bool, split: str) -> Path:
+    mode = "transductive" if transductive else "nontransductive"
+    return Path(directory) / f"eval-{mode}-{split}.json"
+
+
+def prepare_directory(directory: Path, config: TrainConfig) -> None:
+    """Creates the run directory or checks that it was made with the same settings."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.glob(".ckpt-*.tmp"):  # left by a run killed mid-write
+        stale.unlink(missing_ok=True)
+    path = directory / "config.json"
+    if path.exists():
+        try:
+            saved = TrainConfig.from_saved(json.loads(path.read_text())["config"])
+        except (ValueError, KeyError, TypeError, ConfigError) as error:
+            raise CheckpointError(f"unreadable {path}: {error}") from None
+        diffs = saved.differences(config)
+        if diffs:
+            listed = "; ".join(f"{k} saved {a!r}, now {b!r}" for k, a, b in diffs)
+            raise CheckpointError(
+                f"{directory} holds a run with other settings ({listed}): rerun with the same "
+                f"flags or choose another --checkpoint directory"
+            )
+    atomic_write_json(path, {"config": config.to_dict()})
+
+
+def open_run(directory: Path, config: TrainConfig) -> Checkpoint | None:
+    """Prepares the run directory (rank 0) and loads its newest checkpoint, if any."""
+    prepare_directory(directory, config)
+    return load_checkpoint(directory) if list_checkpoints(directory) else None
+
+
+def read_run_config(directory: Path) -> TrainConfig:
+    """The settings a run directory was trained with (its config.json); one-line errors."""
+    path = Path(directory) / "config.json"
+    if not path.is_file():
+        raise CheckpointError(
+            f"{directory} holds no reptorch run (no config.json): train into it first with "
+            f"`reptorch train --checkpoint {directory}`"
+        )
+    try:
+        return TrainConfig.from_saved(json.loads(path.read_text())["config"])
+    except (ValueError, KeyError, TypeError, ConfigError) as error:
+        raise CheckpointError(f"unreadable {path}: {error}") from None
+
+
+def read_run(directory: Path) -> tuple[TrainConfig, Checkpoint]:
+    """A run directory's config.json and newest checkpoint (which must exist)."""
+    return read_run_config(directory), load_checkpoint(directory)

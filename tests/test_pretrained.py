@@ -1,0 +1,76 @@
+"""The shipped models: they load without the dataset, and `reptorch eval --model` reproduces the
+per-task results their model card recorded (same seed, same task count)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from reptorch import pretrained
+from reptorch.cli import main
+from reptorch.errors import ConfigError
+from reptorch.inner_optim import AdamState
+
+NAME = "omniglot-5way"
+
+
+def test_the_5way_model_ships_and_loads_without_data():
+    assert NAME in pretrained.names()
+    model = pretrained.load(NAME)
+    c = model.config
+    assert (c.dataset, c.classes, c.train_shots, c.inner_batch, c.inner_iters) == (
+        "omniglot", 5, 10, 10, 5,
+    )  # fmt: skip
+    assert (c.loss_reduction, c.parallel, c.inner_state) == ("sum", "loop", "carry")
+    assert model.phi["classifier.weight"].shape == (5, 256)
+    assert isinstance(model.inner_state, AdamState) and model.inner_state.step > 0
+    assert model.inner_state.step == model.iteration * c.meta_batch * c.inner_iters
+    assert model.card["iterations"] == model.iteration
+    assert all(torch.isfinite(v).all() for v in model.phi.values())
+    size = sum(p.stat().st_size for p in model.directory.iterdir())
+    assert size < 2_000_000
+
+
+def test_unknown_model_lists_the_shipped_ones(capsys):
+    with pytest.raises(ConfigError, match=NAME):
+        pretrained.load("omniglot-7way")
+    assert main(["eval", "--model", "nope"]) == 1
+    err = capsys.readouterr().err
+    assert "no shipped model 'nope'" in err and NAME in err and len(err.splitlines()) == 1
+
+
+@pytest.fixture(scope="module")
+def trainer(shared_data):
+    return pretrained.load(NAME).trainer(str(shared_data))
+
+
+@pytest.mark.parametrize("shots, transductive", [(1, False), (5, False), (1, True), (5, True)])
+def test_evaluation_reproduces_the_cards_per_task_scores(trainer, shots, transductive):
+    card = pretrained.load(NAME).card
+    (row,) = [
+        r for r in card["results"] if (r["shots"], r["transductive"]) == (shots, transductive)
+    ]
+    check = row["check"]
+    summary = trainer.evaluate(
+        num_tasks=check["tasks"],
+        seed=check["seed"],
+        shots=shots,
+        transductive=transductive,
+        keep_scores=True,
+        progress=False,
+    )
+    assert summary["task_scores"] == check["task_scores"]
+    assert summary["accuracy"] == pytest.approx(check["accuracy"], abs=1e-12)
+
+
+def test_eval_cli_with_model_prints_the_cards_figure(shared_data, capsys):
+    card = pretrained.load(NAME).card
+    (row,) = [r for r in card["results"] if (r["shots"], r["transductive"]) == (5, True)]
+    argv = ["eval", "--model", NAME, "--shots", "5", "--transductive", "--json"]
+    argv += ["--eval-samples", str(row["check"]["tasks"]), "--data-dir", str(shared_data)]
+    assert main([*argv, "--no-progress"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["accuracy"] == pytest.approx(row["check"]["accuracy"], abs=1e-12)
+    assert summary["iteration"] == card["iterations"]
