@@ -16,15 +16,8 @@ from reptorch.errors import ReptorchError
 
 # Subcommand modules under reptorch.cli, in the order `--help` lists them.
 SUBCOMMANDS: tuple[str, ...] = (
-    "sine",
-    "data",
-    "train",
-    "eval",
-    "plot",
-    "demo",
-    "theory",
-    "gradcomb",
-)
+    "sine", "data", "train", "eval", "plot", "demo", "theory", "gradcomb", "tabular",
+)  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,5 +1,7 @@
 """`reptorch data download|check NAME`: get a dataset into the data root and verify it.
 
+`download tabular` installs the 43 KEEL tables in `<root>/tabular/keel/`.
+
 The data root is `--data-dir`, else `$REPTORCH_DATA`, else `~/.cache/reptorch`
 (`reptorch.data.roots`), the same rule training uses, so what `download` installs is what
 `check` and training find.
@@ -14,7 +16,7 @@ import sys
 from reptorch.data.roots import dataset_dir, resolve_data_root
 from reptorch.errors import ConfigError, DataError
 
-DOWNLOADABLE = ("omniglot",)
+DOWNLOADABLE = ("omniglot", "tabular")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -45,6 +47,14 @@ def run_download(args: argparse.Namespace) -> int:
             f"{dataset_dir('miniimagenet', args.data_dir).resolve()} (see `reptorch data check "
             "miniimagenet` for the accepted layouts)"
         )
+    if args.name == "tabular":
+        from reptorch.data.download_tabular import download_tabular
+        from reptorch.tabular.data import keel_dir
+
+        download_tabular(
+            keel_dir(args.data_dir), base_url=args.url, force=args.force, progress=not args.quiet
+        )
+        return 0
     from reptorch.data.download import download_omniglot
 
     download_omniglot(

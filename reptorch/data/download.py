@@ -41,13 +41,18 @@ def _manual_hint(directory: Path) -> str:
     return f"download {names} from {OMNIGLOT_URL}/ by hand and put them in {directory.resolve()}"
 
 
+def looks_like_html(path: Path) -> bool:
+    """True if the file starts like an HTML/XML page (an error or login page saved as data)."""
+    with open(path, "rb") as handle:
+        head = handle.read(512).lstrip().lower()
+    return head.startswith((b"<!doctype", b"<html", b"<head", b"<?xml")) or b"<html" in head
+
+
 def verify_omniglot_zip(path: Path, part: str, origin: str | None = None) -> int:
     """Check one archive (zip, CRCs, `images_<part>/<Alphabet>/<character>/*.png`, image count);
     returns the image count or raises `DataError` naming `origin` (the URL) or the file."""
     what = origin or str(path)
-    with open(path, "rb") as handle:
-        head = handle.read(512).lstrip().lower()
-    if head.startswith((b"<!doctype", b"<html", b"<head", b"<?xml")) or b"<html" in head:
+    if looks_like_html(path):
         raise DataError(f"{what} is an HTML page, not a zip (an error or login page)")
     try:
         archive, entries = zip_entries(path)
