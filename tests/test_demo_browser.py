@@ -92,6 +92,9 @@ def test_draw_real_strokes_and_the_right_class_wins(
         assert ink > 20  # the 28x28 image the network saw is shown beside the box
         assert page.locator("#loss-curve polyline").count() == 1
         shot = tmp_path / "demo.png"
+        page.wait_for_timeout(500)  # let the bars' 0.15 s width transition finish
+        widths = page.eval_on_selector_all(".bar .fill", "els => els.map(e => e.offsetWidth)")
+        assert max(widths) > 0 and widths.index(max(widths)) == QUERY_CLASS, widths
         page.screenshot(path=str(shot), full_page=True)
         browser.close()
     assert errors == []
