@@ -205,7 +205,7 @@ class Trainer:
             return scores.tolist()
 
         if self.background is None:
-            return lambda: score()
+            return score
         phi, state = tree.clone(phi), _clone_state(state)
         return self.background.submit(score).result
 
