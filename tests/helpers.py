@@ -59,12 +59,13 @@ class LiveServer:
     """An ASGI app under uvicorn in a background thread on a free localhost port."""
 
     def __init__(self, app) -> None:
-        import socket
         import threading
 
         import uvicorn
 
-        self.sock = socket.create_server(("127.0.0.1", 0))
+        from reptorch.demo.server import listen
+
+        self.sock = listen("127.0.0.1", 0)
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
         self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
         self.thread = threading.Thread(

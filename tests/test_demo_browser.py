@@ -78,6 +78,9 @@ def test_draw_real_strokes_and_the_right_class_wins(
         for c, character in enumerate(CLASSES):
             draw(page, f"{c}/0", drawing(drawings, character, SUPPORT_DRAWER))
         assert page.locator(".bar").count() == 0  # no prediction before the query is drawn
+        # every class drawn: the page fine-tunes ahead of the query ...
+        page.wait_for_function("document.getElementById('status').textContent.includes('query')")
+        assert page.locator("#loss-curve polyline").count() == 1
         draw(page, "q", drawing(drawings, CLASSES[QUERY_CLASS], QUERY_DRAWER))
         page.wait_for_selector(".bar.best", timeout=30_000)
         assert page.locator(".bar").count() == 3
@@ -91,6 +94,8 @@ def test_draw_real_strokes_and_the_right_class_wins(
         )
         assert ink > 20  # the 28x28 image the network saw is shown beside the box
         assert page.locator("#loss-curve polyline").count() == 1
+        # ... so the query's strokes reused those weights: no second fine-tuning
+        assert "fine-tuning reused" in page.inner_text("#status"), page.inner_text("#status")
         shot = tmp_path / "demo.png"
         page.wait_for_timeout(500)  # let the bars' 0.15 s width transition finish
         widths = page.eval_on_selector_all(".bar .fill", "els => els.map(e => e.offsetWidth)")

@@ -10,7 +10,15 @@ import pytest
 
 from reptorch.data.omniglot import decode_png
 from reptorch.demo import fidelity, strokes
-from reptorch.demo.render import BOX_FRACTION, LINE_FRACTION, SIZE, normalise, render
+from reptorch.demo.render import (
+    BOX_FRACTION,
+    LINE_FRACTION,
+    SIZE,
+    RenderCache,
+    normalise,
+    render,
+)
+from reptorch.demo.server import encode
 from reptorch.errors import DataError
 
 
@@ -68,6 +76,26 @@ def test_render_ignores_position_and_size_and_keeps_the_line_width():
     assert rows.tolist() == [13, 14]  # y = 14 +- 0.7: each row 70% covered
     cols = np.flatnonzero((image < 0.5).any(0))  # x from 14 -+ 7.37, caps of radius 0.7
     assert cols.tolist() == list(range(6, 22))
+
+
+def test_render_cache_returns_the_rendered_image_and_evicts_the_oldest():
+    cache = RenderCache(size=2)
+    line, bend = [[[0, 0], [10, 0], [10, 5]]], [[[0, 0], [10, 0]], [[10, 0], [10, 5]]]
+    first = cache(line)
+    np.testing.assert_array_equal(first, render(line))
+    assert cache(line) is first and not first.flags.writeable
+    assert cache(bend) is not first  # the same points split into two strokes: another drawing
+    np.testing.assert_array_equal(cache(bend), render(bend))
+    cache([[[0, 0], [0, 9]]])  # a third drawing pushes out the least recently used (line)
+    assert cache(line) is not first
+
+
+def test_encode_marks_ink_as_ones_row_major():
+    image = np.ones((28, 28), np.float32)
+    image[0, 1] = image[27, 27] = 0.0
+    text = encode(image)
+    assert len(text) == 784 and text == "".join("1" if v < 0.5 else "0" for v in image.ravel())
+    assert [i for i, ch in enumerate(text) if ch == "1"] == [1, 783]
 
 
 def test_empty_drawing_is_refused():

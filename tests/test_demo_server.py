@@ -109,6 +109,28 @@ def test_cached_fine_tuning_gives_the_fresh_answer(engine, monkeypatch):
     np.testing.assert_allclose(second.losses, losses[0], rtol=0, atol=0)
 
 
+def test_fine_tune_ahead_then_predict_only_classifies(client, engine, monkeypatch):
+    """`/api/fine-tune` runs the inner loop once; `/api/predict` on the same support then reuses
+    theta_k (no inner loop) and answers what a fresh fine-tuning would."""
+    body = request_body(3, 2, seed=8)
+    engine.forget()
+    fresh = client.post("/api/predict", json=body).json()
+    engine.forget()
+    calls = []
+    original = engine._fine_tune
+    monkeypatch.setattr(engine, "_fine_tune", lambda *a: calls.append(1) or original(*a))
+    ahead = client.post("/api/fine-tune", json={"support": body["support"]})
+    assert ahead.status_code == 200, ahead.text
+    tuned = ahead.json()
+    assert tuned["fine_tuned"] and calls == [1] and tuned["losses"] == fresh["losses"]
+    assert tuned["support"] == fresh["images"]["support"]
+    again = client.post("/api/fine-tune", json={"support": body["support"]}).json()
+    assert not again["fine_tuned"] and calls == [1]
+    answer = client.post("/api/predict", json=body).json()
+    assert not answer["fine_tuned"] and calls == [1]
+    assert answer["probabilities"] == fresh["probabilities"]
+
+
 def test_predict_and_render(client):
     body = request_body(3, 1, seed=2)
     response = client.post("/api/predict", json=body)
@@ -160,19 +182,26 @@ BAD_REQUESTS = {
     "huge coordinate": (_body(query=[[[1e300, 0]]]), 422, "query"),
     "oversized body": (b"[" + b"0," * MAX_BODY + b"0]", 413, "bytes"),
 }
+# The same checks on /api/fine-tune's body (support only); a query is an unknown field there.
+for _name in ("empty support drawing", "one class", "too many ways", "too many shots"):
+    _request, _status, _fragment = BAD_REQUESTS[_name]
+    BAD_REQUESTS[f"fine-tune: {_name}"] = ({"support": _request["support"]}, _status, _fragment)
+BAD_REQUESTS["fine-tune: query given"] = (_body(), 422, "query")
 
 
 @pytest.mark.parametrize("name", sorted(BAD_REQUESTS))
 def test_bad_requests_get_a_one_line_4xx_and_nothing_runs(client, engine, monkeypatch, name):
     body, status, fragment = BAD_REQUESTS[name]
     calls = []
+    monkeypatch.setattr(engine, "_fine_tune", lambda *a, **k: calls.append(a))
     monkeypatch.setattr(engine, "run", lambda *a, **k: calls.append(a))
+    path = "/api/predict"
+    if name.startswith("fine-tune"):
+        path = "/api/fine-tune"
     if isinstance(body, dict):
-        response = client.post("/api/predict", json=body)
+        response = client.post(path, json=body)
     else:
-        response = client.post(
-            "/api/predict", content=body, headers={"content-type": "application/json"}
-        )
+        response = client.post(path, content=body, headers={"content-type": "application/json"})
     assert response.status_code == status, response.text
     detail = response.json()["detail"]
     assert set(response.json()) == {"detail"} and isinstance(detail, str)
@@ -223,6 +252,27 @@ def _cli(*argv: str) -> subprocess.Popen:
     )
 
 
+def fastest_answer_ms(address: str, tries: int = 6) -> float:
+    """The fastest of `tries` GET /api/info on one keep-alive connection, to the last byte.
+
+    With Nagle's algorithm on the server's socket, the body (written after the headers) waits
+    for the client's delayed ACK: never under 40 ms, whatever the load.
+    """
+    import socket
+    import time
+
+    host, port = address.removeprefix("http://").rsplit(":", 1)
+    times = []
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        for _ in range(tries):
+            start, data = time.perf_counter(), b""
+            sock.sendall(b"GET /api/info HTTP/1.1\r\nHost: demo\r\n\r\n")
+            while not data.endswith(b"}"):
+                data += sock.recv(65536)
+            times.append((time.perf_counter() - start) * 1e3)
+    return min(times[1:])
+
+
 @pytest.mark.parametrize("source", ["checkpoint", "shipped model"])
 def test_cli_serves_on_localhost(run_dir, source):
     argv = ["--checkpoint", str(run_dir)] if source == "checkpoint" else []  # default: shipped
@@ -239,6 +289,7 @@ def test_cli_serves_on_localhost(run_dir, source):
         info = httpx.get(f"{address}/api/info", timeout=30).json()
         assert info["ways"] == 5
         assert "demo.js" in httpx.get(f"{address}/", timeout=30).text
+        assert fastest_answer_ms(address) < 30  # Nagle's algorithm off (see `server.listen`)
     finally:
         process.terminate()
         process.wait(30)

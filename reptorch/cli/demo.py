@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         import uvicorn
 
-        from reptorch.demo.server import create_app
+        from reptorch.demo.server import create_app, listen
     except ImportError as error:
         raise ConfigError(
             f"the demo needs the 'demo' extra ({error.name} is missing): "
@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     app = create_app(engine)
     family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
     try:  # bound here so that a busy port is one line, and --port 0 shows the port it got
-        sock = socket.create_server((args.host, args.port), family=family)
+        sock = listen(args.host, args.port)
     except OSError as error:
         raise ConfigError(
             f"cannot listen on {args.host}:{args.port} ({error.strerror or error}): "

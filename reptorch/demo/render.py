@@ -11,6 +11,9 @@ A drawing is a list of strokes, each a list of (x, y) points in any frame whose 
 
 from __future__ import annotations
 
+import hashlib
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import numpy as np
@@ -58,3 +61,34 @@ def render(drawing: Drawing, size: int = SIZE) -> np.ndarray:
             draw.ellipse((x - radius, y - radius, x + radius, y + radius), fill=255)
     coverage = np.asarray(canvas.resize((size, size), Image.Resampling.BOX), dtype=np.float32)
     return np.where(coverage >= 127.5, 0.0, 1.0).astype(np.float32)
+
+
+class RenderCache:
+    """`render` with the last `size` drawings' images kept, keyed by a digest of their points.
+
+    The page resends the unchanged support drawings with every stroke of the query; rendering
+    25 of them takes ~17 ms, looking them up well under 1 ms. Thread-safe; the images returned
+    are read-only.
+    """
+
+    def __init__(self, size: int = 256) -> None:
+        self.size = size
+        self._images: OrderedDict[bytes, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __call__(self, drawing: Drawing) -> np.ndarray:
+        digest = hashlib.sha256()
+        for stroke in drawing:
+            digest.update(np.asarray(stroke, dtype=np.float64).tobytes())
+            digest.update(b"|")  # stroke boundary: the same points split differently differ
+        key = digest.digest()
+        with self._lock:
+            image = self._images.pop(key, None)
+        if image is None:
+            image = render(drawing)
+            image.setflags(write=False)
+        with self._lock:
+            self._images[key] = image
+            while len(self._images) > self.size:
+                self._images.popitem(last=False)
+        return image

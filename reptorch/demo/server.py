@@ -4,8 +4,11 @@
 - `GET /api/info`: the model, its ways and the request limits.
 - `GET /api/examples`: shipped Omniglot drawings (pen strokes, MIT-licensed) to fill the boxes.
 - `POST /api/render`: drawings -> the 28x28 images the network sees.
-- `POST /api/predict`: support drawings (N classes x K) and a query -> class probabilities,
-  the fine-tuning losses and the images.
+- `POST /api/fine-tune`: support drawings (N classes x K) -> the fine-tuning losses; the
+  fine-tuned weights are kept for the predictions that follow (the page calls it as soon as
+  every support box is drawn, so the query's strokes are answered by a forward pass alone).
+- `POST /api/predict`: support drawings and a query -> class probabilities, the fine-tuning
+  losses and the images.
 
 A drawing is a list of strokes, a stroke a list of [x, y] points in canvas pixels (y downward).
 A bad request gets a 4xx whose JSON body is `{"detail": "<one line>"}` and changes nothing;
@@ -15,6 +18,7 @@ bodies over `MAX_BODY` bytes are refused (413) before they are parsed.
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -26,7 +30,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from reptorch.demo.engine import MAX_SHOTS, Engine
-from reptorch.demo.render import render
+from reptorch.demo.render import RenderCache
 from reptorch.errors import ReptorchError
 
 HERE = Path(__file__).parent
@@ -66,17 +70,16 @@ class RenderRequest(BaseModel):
         return self
 
 
-class PredictRequest(BaseModel):
+class FineTuneRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     support: list[list[Drawing]] = Field(
         min_length=2,
         max_length=100,
         description="support[c][k]: drawing k of class c; every class has the same K (1 to 5)",
     )
-    query: Drawing
 
     @model_validator(mode="after")
-    def _shape(self) -> PredictRequest:
+    def _shape(self) -> FineTuneRequest:
         shots = {len(drawings) for drawings in self.support}
         if len(shots) > 1:
             raise ValueError(f"classes have {sorted(shots)} drawings: give each the same number")
@@ -84,6 +87,14 @@ class PredictRequest(BaseModel):
             raise ValueError(f"give 1 to {MAX_SHOTS} drawings per class")
         for c, drawings in enumerate(self.support):
             _check_points(drawings, f"support[{c}]")
+        return self
+
+
+class PredictRequest(FineTuneRequest):
+    query: Drawing
+
+    @model_validator(mode="after")
+    def _query(self) -> PredictRequest:
         _check_points([self.query], "query")
         return self
 
@@ -110,9 +121,16 @@ class PredictResponse(BaseModel):
     )
 
 
+class FineTuneResponse(BaseModel):
+    losses: list[float] = Field(description="fine-tuning loss of each inner step")
+    support: list[list[str]] = Field(description="the support images, as `image` strings")
+    milliseconds: float = Field(description="fine-tuning time")
+    fine_tuned: bool = Field(description="false when these support images were tuned on already")
+
+
 def encode(image: np.ndarray) -> str:
     """A 28x28 network input (ink 0) as 784 characters, '1' where there is ink."""
-    return "".join("1" if v < 0.5 else "0" for v in image.reshape(-1))
+    return ((image.reshape(-1) < 0.5).astype(np.uint8) + ord("0")).tobytes().decode("ascii")
 
 
 def _location(loc: tuple[Any, ...]) -> str:
@@ -183,6 +201,7 @@ def create_app(engine: Engine) -> FastAPI:
     )
     model = engine.model
     spec = engine.evaluator(min(3, model.ways), 1).spec
+    render_cached = RenderCache()
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, error: RequestValidationError) -> JSONResponse:
@@ -219,18 +238,38 @@ def create_app(engine: Engine) -> FastAPI:
     @app.post("/api/render")
     def render_drawings(request: RenderRequest) -> RenderResponse:
         """The 28x28 image the network sees for each drawing."""
-        return RenderResponse(images=[encode(render(d)) for d in request.drawings])
+        return RenderResponse(images=[encode(render_cached(d)) for d in request.drawings])
 
-    @app.post("/api/predict")
-    def predict(request: PredictRequest) -> PredictResponse:
-        """Fine-tunes on the support drawings and classifies the query (non-transductive)."""
+    def support_images(request: FineTuneRequest) -> np.ndarray:
         ways = len(request.support)
         if ways > model.ways:
             raise HTTPException(
                 422, f"support has {ways} classes: this model classifies 2 to {model.ways}"
             )
-        support = np.stack([np.stack([render(d) for d in shots]) for shots in request.support])
-        query = render(request.query)
+        return np.stack([np.stack([render_cached(d) for d in shots]) for shots in request.support])
+
+    @app.post("/api/fine-tune")
+    def fine_tune(request: FineTuneRequest) -> FineTuneResponse:
+        """Fine-tunes on the support drawings ahead of the query and keeps the weights, so that
+        `/api/predict` with the same support then only classifies (one forward pass)."""
+        support = support_images(request)
+        try:
+            result = engine.fine_tune(support)
+        except ReptorchError as error:
+            raise HTTPException(422, str(error)) from None
+        return FineTuneResponse(
+            losses=result.losses,
+            support=[[encode(i) for i in shots] for shots in support],
+            milliseconds=result.milliseconds,
+            fine_tuned=result.fine_tuned,
+        )
+
+    @app.post("/api/predict")
+    def predict(request: PredictRequest) -> PredictResponse:
+        """Fine-tunes on the support drawings (unless `/api/fine-tune` or an earlier prediction
+        did for the same images) and classifies the query (non-transductive)."""
+        support = support_images(request)
+        query = render_cached(request.query)
         try:
             result = engine.predict(support, query)
         except ReptorchError as error:
@@ -250,6 +289,25 @@ def create_app(engine: Engine) -> FastAPI:
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.add_middleware(BodyLimit, limit=MAX_BODY)
     return app
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening TCP socket for uvicorn's `sockets=`, declared IPPROTO_TCP.
+
+    asyncio turns Nagle's algorithm off (TCP_NODELAY) only on sockets whose `proto` says TCP;
+    `socket.create_server` leaves it 0. With Nagle on, uvicorn's response body, written after its
+    headers, waits for the client's delayed ACK: every answer took 40 ms longer (measured).
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(128)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def load_examples() -> dict[str, Any]:

@@ -143,6 +143,21 @@ async function update() {
   const all = keys();
   const filled = all.filter((k) => state.drawings.has(k));
   try {
+    const support = [];
+    for (let c = 0; c < state.ways; c++) {
+      support.push([...Array(state.shots).keys()].map((k) => state.drawings.get(key(c, k))));
+    }
+    if (filled.length === all.length - 1 && !state.drawings.has("q")) {
+      // Every class drawn, no query yet: fine-tune now, so the query's strokes only classify.
+      clearResults("Fine-tuning on your classes...");
+      const data = await post("/api/fine-tune", { support });
+      if (seq !== state.seq) return;
+      data.support.forEach((shots, c) => shots.forEach((bits, k) => showSeen(key(c, k), bits)));
+      showLoss(data.losses);
+      $("status").textContent =
+        `Fine-tuned on ${state.ways} classes in ${Math.round(data.milliseconds)} ms: draw the query.`;
+      return;
+    }
     if (filled.length < all.length) {
       clearResults(filled.length ? "Draw in every box to see the prediction." : "Draw in every box.");
       if (!filled.length) return;
@@ -150,10 +165,6 @@ async function update() {
       if (seq !== state.seq) return;
       filled.forEach((k, i) => showSeen(k, data.images[i]));
       return;
-    }
-    const support = [];
-    for (let c = 0; c < state.ways; c++) {
-      support.push([...Array(state.shots).keys()].map((k) => state.drawings.get(key(c, k))));
     }
     const data = await post("/api/predict", { support, query: state.drawings.get("q") });
     if (seq !== state.seq) return;
