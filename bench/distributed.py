@@ -45,7 +45,7 @@ def make_learner(workers: int, group: distributed.Group) -> MetaLearner:
     torch.manual_seed(0)
     model = FunctionalModel(OmniglotNet(SETTING.ways), cross_entropy_sum)
     oracle = model.batched_loss_and_grad(workers=workers)
-    algorithm = Reptile(model, Adam(SETTING.lr), batched_loss_and_grad=oracle)
+    algorithm = Reptile(model, Adam(SETTING.lr), parallel="vmap", batched_loss_and_grad=oracle)
     return MetaLearner(algorithm, Interpolation(1.0, 0.0, 100_000), model.init_params(), group)
 
 

@@ -65,7 +65,10 @@ class TrainConfig:
     weight_decay: float = 1.0
     seed: int = 0
     inner_state: str = "carry"
-    parallel: str = "vmap"
+    # "loop": the reference's semantics, the meta-batch's tasks in sequence threading one inner
+    # state (within 2-20% of the merged mode's speed here, docs/benchmarks.md); "vmap": the tasks
+    # side by side from one merged state (needed by several torchrun processes)
+    parallel: str = "loop"
     outer: str = "interpolate"
     device: str = "cpu"
     checkpoint_every: int = 100
@@ -100,8 +103,8 @@ class TrainConfig:
     @classmethod
     def from_saved(cls, values: dict[str, Any]) -> TrainConfig:
         """`from_dict` for a run's saved config.json: runs saved before `loss_reduction`
-        existed were trained with the mean, and are read so."""
-        return cls.from_dict({"loss_reduction": "mean", **values})
+        existed were trained with the mean, and are read so; before `parallel` existed, merged."""
+        return cls.from_dict({"loss_reduction": "mean", "parallel": "vmap", **values})
 
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)

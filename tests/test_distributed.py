@@ -178,7 +178,9 @@ def runs(tmp_path_factory, shared_data):
     """The same run by one plain process and by torchrun jobs of 2 and 5 processes, at once."""
     base = tmp_path_factory.mktemp("dist")
     dirs = {n: base / f"p{n}" for n in (1, 2, 5)}
-    jobs = {1: start([sys.executable, "-m", "reptorch", *train_args(shared_data, dirs[1])])}
+    one = [sys.executable, "-m", "reptorch", *train_args(shared_data, dirs[1])]
+    one += ["--parallel", "vmap"]
+    jobs = {1: start(one)}  # several processes default to the merged mode: one process asks
     for n in (2, 5):
         jobs[n] = start(torchrun(n, "-m", "reptorch", *train_args(shared_data, dirs[n])))
     outputs = {n: finish(job) for n, job in jobs.items()}
@@ -189,6 +191,9 @@ def test_one_two_and_five_processes_train_the_same_run(runs):
     dirs, outputs = runs
     for n in (2, 5):
         assert f"{ITERS} iterations" in outputs[n] and f"{n} processes" in outputs[n]
+        # no --parallel: the merged mode, said once (rank 0), recorded in the run's settings
+        assert outputs[n].count("from one merged inner state (--parallel vmap)") == 1
+        assert json.loads((dirs[n] / "config.json").read_text())["config"]["parallel"] == "vmap"
         assert_same_run(dirs[n], dirs[1])
         assert metrics(dirs[n]) == metrics(dirs[1])  # meta step, inner loss, interval scores
         assert [r[0] for r in metrics(dirs[n])] == ["iteration", "0", "5", "10"]
@@ -300,7 +305,7 @@ def test_exact_sequential_mode_and_too_many_processes_are_refused(monkeypatch):
     with pytest.raises(ConfigError, match=r"parallel='loop' .* not 2: use --parallel vmap"):
         check_group(TrainConfig(parallel="loop", meta_batch=5), Group(0, 2))
     with pytest.raises(ConfigError, match=r"meta_batch=5 tasks .* among 6 processes"):
-        check_group(TrainConfig(meta_batch=5), Group(0, 6))
+        check_group(TrainConfig(meta_batch=5, parallel="vmap"), Group(0, 6))
     check_group(TrainConfig(parallel="loop"), Group())  # one process: the exact mode runs
 
 

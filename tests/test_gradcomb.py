@@ -103,7 +103,9 @@ def test_training_in_turns_equals_an_uninterrupted_run(omniglot_dir, tmp_path):
         data_dir=str(omniglot_dir.parent),
         curves=("sum2", "last2"),
     )
-    run_all(GradCombConfig(chunk=1, **settings), tmp_path / "turns", workers=1)
+    turns = GradCombConfig(chunk=1, **settings)
+    assert run_all(turns, tmp_path / "turns", workers=1, stop_at=2) == {"sum2": 2, "last2": 2}
+    run_all(turns, tmp_path / "turns", workers=1)  # resumed from the stop
     run_all(GradCombConfig(chunk=4, **settings), tmp_path / "once", workers=1)
     for slug in ("sum2", "last2"):
         a, b = load_checkpoint(tmp_path / "turns" / slug), load_checkpoint(tmp_path / "once" / slug)

@@ -31,7 +31,7 @@ def test_reference_defaults_without_preset():
         "reptile",
         "adam",
         "carry",
-        "vmap",
+        "loop",  # the reference's: tasks in sequence, one inner state threaded through them
     )
 
 
@@ -115,6 +115,25 @@ def test_sine_run_resume_and_config_mismatch(tmp_path, capsys):
         capsys,
         ["train", *SINE, "--inner-iters", "3", "--checkpoint", str(run)],
         "inner_iters saved 2, now 3",
+    )
+
+
+def test_parallel_default_is_loop_and_a_run_resumes_with_its_own(tmp_path, capsys):
+    """Without --parallel a new run records 'loop'; a run begun in 'vmap' (the default before)
+    resumes as 'vmap' instead of stopping on a settings mismatch; an explicit flag still must
+    agree with the run."""
+    fresh, old = tmp_path / "fresh", tmp_path / "old"
+    assert main(["train", *SINE, "--eval-samples", "0", "--checkpoint", str(fresh)]) == 0
+    saved = json.loads((fresh / "config.json").read_text())["config"]
+    assert saved["parallel"] == "loop"
+    assert main(["train", *SINE, "--parallel", "vmap", "--checkpoint", str(old)]) == 0
+    assert main(["train", *SINE, "--checkpoint", str(old)]) == 0  # the same run, no mismatch
+    assert json.loads((old / "config.json").read_text())["config"]["parallel"] == "vmap"
+    capsys.readouterr()
+    _one_line_error(
+        capsys,
+        ["train", *SINE, "--parallel", "loop", "--checkpoint", str(old)],
+        "parallel saved 'vmap', now 'loop'",
     )
 
 

@@ -45,10 +45,11 @@ class MetaAlgorithm:
         meta-batch starts from the same state and the mean of their final states is carried on
         (`merge_task_states`).
       - 'reset': a fresh inner state for every task.
-    parallel: 'vmap' runs the tasks of a meta-batch at once; 'loop' one after another, the
-    reference's exact semantics. A first-order algorithm's loop runs each task through the batched
-    oracle as a batch of one (the fast conv-net oracle then shares the task's images over its
-    workers); MAML's differentiates through the per-task oracle.
+    parallel: 'loop' (default) runs the tasks of a meta-batch one after another, the reference's
+    exact semantics; 'vmap' all at once (faster on a GPU; several processes need it). A
+    first-order algorithm's loop runs each task through the batched oracle as a batch of one (the
+    fast conv-net oracle then shares the task's images over its workers); MAML's differentiates
+    through the per-task oracle.
     """
 
     name = "base"
@@ -60,7 +61,7 @@ class MetaAlgorithm:
         inner: InnerOptimizer,
         *,
         inner_state: str = "carry",
-        parallel: str = "vmap",
+        parallel: str = "loop",
         weight_decay: float = 1.0,
         batched_loss_and_grad: LossAndGrad | None = None,
     ) -> None:

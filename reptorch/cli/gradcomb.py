@@ -15,6 +15,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from reptorch.cli.train import cpu_threads
+from reptorch.errors import ConfigError
 from reptorch.experiments.gradcomb import (
     CURVES,
     GradCombConfig,
@@ -48,6 +49,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--eval-interval", type=int, default=d.eval_interval)
     parser.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
     parser.add_argument("--chunk", type=int, default=d.chunk, help="iterations per turn")
+    parser.add_argument(
+        "--stop-at",
+        type=int,
+        metavar="N",
+        help="stop once every curve reaches iteration N; rerunning resumes (default: the end)",
+    )
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--device", default=d.device)
     parser.add_argument(
@@ -66,6 +73,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.stop_at is not None and args.stop_at < 1:
+        raise ConfigError(f"--stop-at {args.stop_at}: give an iteration of at least 1")
     config = GradCombConfig(
         meta_iters=args.meta_iters,
         learning_rate=args.learning_rate,
@@ -84,8 +93,9 @@ def run(args: argparse.Namespace) -> int:
     workers = cpu_threads()
     if not args.plot_only:
         selected = config.selected()
-        start = sum(min(completed(directory / c.slug), config.meta_iters) for c in selected)
-        total = len(selected) * config.meta_iters
+        end = min(args.stop_at or config.meta_iters, config.meta_iters)
+        start = sum(min(completed(directory / c.slug), end) for c in selected)
+        total = len(selected) * end
         with tqdm(
             total=total,
             initial=start,
@@ -94,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
             disable=args.no_progress,
             file=sys.stderr,
         ) as bar:
-            run_all(config, directory, workers, on_iteration=bar.update)
+            run_all(config, directory, workers, on_iteration=bar.update, stop_at=args.stop_at)
     window = max(1, min(args.smooth, config.meta_iters // config.eval_interval // 5))
     curves = collect(config, directory, window)
     meta = {**config.__dict__, "smooth_window": window}

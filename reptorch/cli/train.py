@@ -13,6 +13,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from reptorch.config import ALGORITHMS, DATASETS, PRESETS, TrainConfig, resolve
 from reptorch.errors import ConfigError
 from reptorch.io import atomic_write_json
 from reptorch.losses import LOSS_REDUCTIONS
-from reptorch.run_directory import eval_file
+from reptorch.run_directory import eval_file, read_run_config
 from reptorch.training import Trainer, load_trainer
 
 _D = TrainConfig()
@@ -201,6 +202,31 @@ def run(args: argparse.Namespace) -> int:
     return in_group(_train, args)
 
 
+def default_parallel(directory: Path, config: TrainConfig, group: distributed.Group) -> str:
+    """`--parallel` when not given: the run's own when resuming (runs begun before 'loop' became
+    the default resume as they were trained); 'vmap' under torchrun with several processes (the
+    reference's sequential chain runs in one process; said on stderr); else the default, 'loop'.
+    """
+    saved = group.from_main(partial(saved_parallel, directory), "the run's settings")
+    if saved is not None:
+        return saved
+    if group.size > 1:
+        if group.is_main:
+            print(
+                f"reptorch train: {group.size} processes run a meta-batch's tasks side by side "
+                f"from one merged inner state (--parallel vmap); the reference's sequence "
+                f"(--parallel loop, the default) runs in one process",
+                file=sys.stderr,
+            )
+        return "vmap"
+    return config.parallel
+
+
+def saved_parallel(directory: Path) -> str | None:
+    """The `parallel` a run directory was trained with, or None for a new run."""
+    return read_run_config(directory).parallel if (directory / "config.json").is_file() else None
+
+
 def _train(args: argparse.Namespace, workers: int, group: distributed.Group) -> int:
     directory = Path(args.checkpoint)
     progress = not args.no_progress
@@ -218,6 +244,8 @@ def _train(args: argparse.Namespace, workers: int, group: distributed.Group) -> 
         return 0
     config = config_from_args(args)
     config = config.replace(device=distributed.device_for(group, config.device))
+    if args.parallel is None:
+        config = config.replace(parallel=default_parallel(directory, config, group))
     trainer = Trainer(config, directory, workers, group)
     trainer.train(progress=progress)
     if trainer.iterations and group.is_main:

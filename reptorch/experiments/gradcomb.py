@@ -105,6 +105,7 @@ def train_config(curve: Curve, config: GradCombConfig) -> TrainConfig:
         meta_step=curve.meta_step,
         meta_step_final=curve.meta_step,
         meta_batch=1,
+        parallel="vmap",  # one task per meta-batch: the same semantics as "loop"
         meta_iters=config.meta_iters,
         eval_batch=config.eval_batch,
         eval_iters=config.eval_iters,
@@ -129,17 +130,20 @@ def run_all(
     directory: Path,
     workers: int | None = None,
     on_iteration: Callable[[], None] | None = None,
+    stop_at: int | None = None,
 ) -> dict[str, int]:
     """Trains (or resumes) every curve in turns of `chunk` iterations, so that all of them stand
-    at the same iteration whenever the command is stopped; returns {slug: iterations done}."""
+    at the same iteration whenever the command is stopped; `stop_at` ends every curve there (a
+    later call resumes them). Returns {slug: iterations done}."""
     trainers = {
         c.slug: Trainer(train_config(c, config), directory / c.slug, workers)
         for c in config.selected()
     }
     done = {slug: completed(directory / slug) for slug in trainers}
     mark = min(done.values())
-    while mark < config.meta_iters:
-        mark = min(mark + config.chunk, config.meta_iters)
+    end = config.meta_iters if stop_at is None else min(stop_at, config.meta_iters)
+    while mark < end:
+        mark = min(mark + config.chunk, end)
         for slug, trainer in trainers.items():
             if done[slug] < mark:
                 trainer.train(progress=False, stop_at=mark, on_iteration=on_iteration, echo=False)

@@ -145,6 +145,7 @@ def expected_update(
         problem.model,
         SGD(alpha),
         inner_state="reset",
+        parallel="vmap",  # no inner state (SGD, reset): the same semantics as "loop"
         batched_loss_and_grad=problem.model.vmap_loss_and_grad(),
     )
     step = algo.meta_step(problem.phi, xs[:, :k], ys[:, :k], algo.init_inner_state(problem.phi))

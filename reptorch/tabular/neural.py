@@ -91,13 +91,12 @@ def meta_train(problem, algorithm: str, config: MetaConfig, seed: int) -> tuple[
     start = time.perf_counter()
     model = FunctionalModel(mlp(problem.dim, problem.n_way, config.hidden, seed), F.cross_entropy)
     inner = Adam(config.inner_lr)
+    # the tasks of a meta-batch side by side (merged inner state), as docs/tabular was measured
+    options = {"parallel": "vmap", "batched_loss_and_grad": batched_loss_and_grad}
     if algorithm == "reptile":
-        algo, k = (
-            Reptile(model, inner, batched_loss_and_grad=batched_loss_and_grad),
-            config.inner_iters,
-        )
+        algo, k = Reptile(model, inner, **options), config.inner_iters
     elif algorithm == "joint":
-        algo, k = JointTraining(model, inner, batched_loss_and_grad=batched_loss_and_grad), 1
+        algo, k = JointTraining(model, inner, **options), 1
     else:
         raise ValueError(f"unknown meta-training algorithm {algorithm!r}")
     outer = Interpolation(config.meta_step, config.meta_step_final, config.meta_iters)
