@@ -194,11 +194,30 @@ def test_findings_are_paired_differences_on_common_iterations():
     curves = {"g1": curve(0.0), "g1+g2": curve(0.1), "g2": curve(0.05, n=30)}
     common = truncate(curves, 300)
     assert [len(c["test"]) for c in common.values()] == [30, 30, 30]
-    mean, se, n = paired_difference(common["g1+g2"]["test"], common["g2"]["test"], 10)
+    mean, se, n = paired_difference(common["g1+g2"], common["g2"], 10)
     expected = np.array(common["g1+g2"]["test"][-10:]) - np.array(common["g2"]["test"][-10:])
     assert (mean, n) == (pytest.approx(expected.mean()), 10)
     assert se == pytest.approx(expected.std(ddof=1) / np.sqrt(10))
-    checks = {f["difference"]: f for f in findings(common, 10)}
-    assert set(checks) == {"g1 - g1", "g1+g2 - g2"}  # only pairs whose curves are present
+    # pairs by iteration: a curve with evaluations missing is compared on the others' tasks
+    gappy = {
+        k: [v for i, v in enumerate(c) if not 5 <= i < 9]
+        for k, c in curves["g2"].items()
+        if isinstance(c, list)
+    }
+    mean, _, n = paired_difference(curves["g1+g2"], gappy)
+    by_iteration = dict(zip(curves["g1+g2"]["iteration"], curves["g1+g2"]["test"]))
+    hand = [by_iteration[i] - v for i, v in zip(gappy["iteration"], gappy["test"])]
+    assert n == 26 and mean == pytest.approx(np.mean(hand))
+    checks = {(f["difference"], f["window"]): f for f in findings(common, 10)}
+    assert set(checks) == {  # only pairs whose curves are present
+        ("g1 - g1", "last 10 - first 10"),
+        ("g1+g2 - g2", "whole run"),
+        ("g1+g2 - g2", "last 10"),
+    }
     first, last = np.array(common["g1"]["test"][:10]), np.array(common["g1"]["test"][-10:])
-    assert checks["g1 - g1"]["mean"] == pytest.approx(last.mean() - first.mean())
+    assert checks["g1 - g1", "last 10 - first 10"]["mean"] == pytest.approx(
+        last.mean() - first.mean()
+    )
+    whole = np.array(common["g1+g2"]["test"]) - np.array(common["g2"]["test"])
+    assert checks["g1+g2 - g2", "whole run"]["mean"] == pytest.approx(whole.mean())
+    assert checks["g1+g2 - g2", "whole run"]["n"] == 30

@@ -131,9 +131,10 @@ def run(args: argparse.Namespace) -> int:
     )
     for label, value in final.items():
         print(f"  {label:18s} {100 * value:6.2f}%")
-    print(f"the paper's findings: differences of test accuracy over the last {window} evaluations")
+    print("the paper's findings: paired differences of test accuracy (points +- one SE)")
     for f in checks:
-        print(f"  {f['claim']}: {f['difference']} = {100 * f['mean']:+.1f} +- {100 * f['se']:.1f}")
+        value = f"{100 * f['mean']:+.1f} +- {100 * f['se']:.1f}"
+        print(f"  {f['claim']}: {f['difference']} = {value} ({f['window']})")
     write_curves(curves, directory, meta)
     print(f"figure: {out}\ncurves: {directory / 'curves.csv'}, {directory / 'curves.json'}")
     if args.json:
