@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from reptorch.cli.train import cpu_threads
-from reptorch.data.omniglot import decode_png
+from reptorch.data.omniglot_files import decode_png
 from reptorch.demo import fidelity, strokes
 from reptorch.demo.engine import Engine
 from reptorch.demo.model import from_checkpoint, from_pretrained

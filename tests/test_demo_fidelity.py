@@ -8,7 +8,7 @@ import zipfile
 
 import torch
 
-from reptorch.data.omniglot import decode_png
+from reptorch.data.omniglot_files import decode_png
 from reptorch.demo import fidelity, strokes
 from reptorch.demo.engine import Engine
 from reptorch.demo.render import render

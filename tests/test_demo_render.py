@@ -8,7 +8,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from reptorch.data.omniglot import decode_png
+from reptorch.data.omniglot_files import decode_png
 from reptorch.demo import fidelity, strokes
 from reptorch.demo.render import (
     BOX_FRACTION,

@@ -14,7 +14,7 @@ import pytest
 
 from reptorch.cli import main
 from reptorch.data.download import OMNIGLOT_URL_ENV, download_omniglot
-from reptorch.data.omniglot import find_sources
+from reptorch.data.omniglot_files import find_sources
 from reptorch.errors import DataError
 
 HTML = b"<!DOCTYPE html><html><head><title>Sign in</title></head><body>Sign in</body></html>"

@@ -18,16 +18,13 @@ from PIL import Image
 from reptorch.data import cache as cache_mod
 from reptorch.data.dataset import ImageClassDataset
 from reptorch.data.omniglot import (
-    find_sources,
     load_omniglot,
-    load_parts,
     pool_parts,
-    read_part,
     rotate_classes,
     select_classes,
     split_omniglot,
-    verify_parts,
 )
+from reptorch.data.omniglot_files import find_sources, load_parts, read_part, verify_parts
 from reptorch.errors import ConfigError, DataError
 
 # ---------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from reptorch.data.cache import is_writable_dir
-from reptorch.data.omniglot import EXPECTED, PARTS, zip_entries
+from reptorch.data.omniglot_files import EXPECTED, PARTS, zip_entries
 from reptorch.errors import DataError
 
 OMNIGLOT_URL_ENV = "REPTORCH_OMNIGLOT_URL"
