@@ -65,39 +65,10 @@ def overlaps(drawings, official, rendered, seed: int = 0) -> dict:
     return summary
 
 
-class Served:
-    """The demo app under uvicorn in a background thread on a free localhost port: requests go
-    through a real socket, HTTP parsing and JSON, as the browser's do."""
-
-    def __init__(self, app) -> None:
-        import threading
-
-        import uvicorn
-
-        from reptorch.demo.server import listen
-
-        self.sock = listen("127.0.0.1", 0)
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-        self.thread = threading.Thread(
-            target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True
-        )
-
-    def __enter__(self) -> Served:
-        self.thread.start()
-        while not self.server.started:
-            time.sleep(0.05)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
-
-
 def latency(engine: Engine, examples: dict, repeats: int) -> dict:
     import httpx
 
-    from reptorch.demo.server import create_app
+    from reptorch.demo.server import BackgroundServer, create_app
 
     results = {}
     classes = examples["classes"]
@@ -118,7 +89,10 @@ def latency(engine: Engine, examples: dict, repeats: int) -> dict:
             query_only.append(engine.predict(images, render(query[:-1] or query)).milliseconds)
         body = {"support": support, "query": query}
         http, http_query = [], []
-        with Served(create_app(engine)) as served, httpx.Client(base_url=served.url) as client:
+        with (
+            BackgroundServer(create_app(engine)) as served,
+            httpx.Client(base_url=served.url) as client,
+        ):
             client.post("/api/predict", json=body)  # connection and render cache warm
             for _ in range(repeats):
                 engine.forget()

@@ -53,35 +53,3 @@ def untrained_omniglot_run(directory, eval_iters: int = 10, ways: int = 5):
     save_checkpoint(directory, Checkpoint(0, phi, Adam(config.learning_rate).init(phi)))
     (directory / "config.json").write_text(json.dumps({"config": config.to_dict()}))
     return directory
-
-
-class LiveServer:
-    """An ASGI app under uvicorn in a background thread on a free localhost port."""
-
-    def __init__(self, app) -> None:
-        import threading
-
-        import uvicorn
-
-        from reptorch.demo.server import listen
-
-        self.sock = listen("127.0.0.1", 0)
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-        self.thread = threading.Thread(
-            target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True
-        )
-
-    def __enter__(self) -> LiveServer:
-        import time
-
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert self.server.started, "uvicorn did not start"
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)

@@ -12,8 +12,7 @@ import pytest
 
 from reptorch.demo import strokes
 from reptorch.demo.engine import Engine
-from reptorch.demo.server import create_app
-from tests.helpers import LiveServer
+from reptorch.demo.server import BackgroundServer, create_app
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = [
@@ -67,7 +66,7 @@ def test_draw_real_strokes_and_the_right_class_wins(
     drawings = strokes.read_zip(omniglot_strokes)
     engine = Engine(trained_demo_model, workers=1)
     engine.warm_up()  # as `reptorch demo` does before it serves
-    with LiveServer(create_app(engine)) as server, sync_playwright() as playwright:
+    with BackgroundServer(create_app(engine)) as server, sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=chromium, args=ARGS)
         page = browser.new_page(viewport={"width": 1100, "height": 720})
         errors = []

@@ -21,11 +21,11 @@ from reptorch.data.tasks import batched_minibatch_indices
 from reptorch.demo.engine import Engine
 from reptorch.demo.model import from_checkpoint
 from reptorch.demo.render import render
-from reptorch.demo.server import MAX_BODY, create_app, encode
+from reptorch.demo.server import MAX_BODY, BackgroundServer, create_app, encode
 from reptorch.evaluation import INDEX_SEED_OFFSET
 from reptorch.functional import FunctionalModel
 from reptorch.inner_optim import Adam
-from tests.helpers import LiveServer, untrained_omniglot_run
+from tests.helpers import untrained_omniglot_run
 
 
 def scribble(seed: int, strokes: int = 2, points: int = 12) -> list:
@@ -219,7 +219,7 @@ def test_oversized_body_without_length_is_refused(client):
 
 @pytest.fixture(scope="module")
 def live_server(engine):
-    with LiveServer(create_app(engine)) as server:
+    with BackgroundServer(create_app(engine)) as server:
         yield server.url
 
 

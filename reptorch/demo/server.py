@@ -310,6 +310,38 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+class BackgroundServer:
+    """An ASGI app under uvicorn in a background thread on a free localhost port (`url`): for
+    tests and benchmarks that talk to the demo through a real socket, as a browser does."""
+
+    def __init__(self, app: Any) -> None:
+        import threading
+
+        import uvicorn
+
+        self.sock = listen("127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+        self.thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True
+        )
+
+    def __enter__(self) -> BackgroundServer:
+        import time
+
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not self.server.started:
+            raise RuntimeError("uvicorn did not start within 30 s")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
 def load_examples() -> dict[str, Any]:
     """The shipped example drawings: {"source", "classes": [{"name", "drawings"}]}."""
     from reptorch.demo.strokes import parse
