@@ -45,7 +45,11 @@ def test_plot_writes_a_png(tmp_path, capsys):
     assert main(["plot", str(tmp_path / "run"), "--out", str(out), "--smooth", "5"]) == 0
     width, height = _png_size(out)
     assert width > 500 and height > 400
-    assert "50 rows, iterations 0..490" in capsys.readouterr().out
+    assert "50 rows, iterations 0..490; 491 meta-iterations run" in capsys.readouterr().out
+    # rows are logged every 10 iterations: the newest checkpoint says how far the run went
+    (tmp_path / "run" / "ckpt-00000500.json").write_text("{}")
+    assert main(["plot", str(tmp_path / "run"), "--out", str(out)]) == 0
+    assert "iterations 0..490; 500 meta-iterations run" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
+from reptorch.checkpoint import list_checkpoints
 from reptorch.errors import ConfigError
 from reptorch.metrics_log import read_metrics
 from reptorch.plots import plot_learning_curve
@@ -48,9 +49,12 @@ def run(args: argparse.Namespace) -> int:
     if (directory / "val").is_dir():
         monitor = "val"
     last = int(metrics["iteration"][-1])
-    title = args.title or f"{directory.name}: {last + 1:,} meta-iterations"
+    # Rows are logged every eval_interval iterations; the newest checkpoint says how far it ran.
+    done = max(list_checkpoints(directory) or [last + 1])
+    title = args.title or f"{directory.name}: {done:,} meta-iterations"
     plot_learning_curve(
         metrics, Path(args.out), title=title, monitor=monitor, metric=metric, window=args.smooth
     )
-    print(f"wrote {args.out} ({len(metrics['iteration'])} rows, iterations 0..{last})")
+    rows = len(metrics["iteration"])
+    print(f"wrote {args.out} ({rows} rows, iterations 0..{last}; {done:,} meta-iterations run)")
     return 0

@@ -149,7 +149,7 @@ class Engine:
         then cost one forward pass each (`predict` finds the weights in the cache)."""
         start = time.perf_counter()
         evaluator = self.evaluator(*support.shape[:2])
-        support_t = torch.as_tensor(support, dtype=torch.float32)
+        support_t = torch.tensor(support, dtype=torch.float32)
         tasks = self.tasks(support_t[None], torch.ones(1, 1, 28, 28))
         with self._lock:
             _, losses, fresh = self._tuned(evaluator, tasks, support_t)
@@ -169,8 +169,10 @@ class Engine:
         start = time.perf_counter()
         ways, shots = support.shape[:2]
         evaluator = self.evaluator(ways, shots)
-        support_t = torch.as_tensor(support, dtype=torch.float32)
-        tasks = self.tasks(support_t[None], torch.as_tensor(query).reshape(1, 1, 28, 28))
+        # torch.tensor copies: the render cache hands out read-only arrays
+        support_t = torch.tensor(support, dtype=torch.float32)
+        query_t = torch.tensor(query, dtype=torch.float32).reshape(1, 1, 28, 28)
+        tasks = self.tasks(support_t[None], query_t)
         with self._lock:
             params, losses, fresh = self._tuned(evaluator, tasks, support_t)
             logits = evaluator.outputs(params, tasks)
