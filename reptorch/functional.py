@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
-from reptorch.fast import fast_logits_for, fast_loss_and_grad_for
+from reptorch.fast import fast_logits_for, fast_loss_and_grad_for, spec_for
 from reptorch.losses import LossAndGrad, LossFn, cross_entropy_mean, cross_entropy_reduction
 from reptorch.tree import Params
 
@@ -69,6 +69,14 @@ class FunctionalModel:
         if fast and reduction is not None:
             oracle = fast_loss_and_grad_for(self.module, workers, reduction)
         return oracle or self.vmap_loss_and_grad()
+
+    def has_fast_path(self) -> bool:
+        """Whether `batched_loss_and_grad()` and `batched_forward()` are `reptorch.fast`'s
+        kernels. Only those may run in two threads at once: `torch.func` transforms running
+        concurrently in two threads corrupt each other's state (an internal assert, or "One of
+        the differentiated Tensors does not require grad")."""
+        fast_net = spec_for(self.module) is not None
+        return fast_net and cross_entropy_reduction(self.loss_fn) is not None
 
     def batched_forward(
         self, fast: bool = True, workers: int | None = None

@@ -80,9 +80,11 @@ class Trainer:
         self.loss_fn = loss_fn
         model = FunctionalModel(self.module, loss_fn)
         # exact sequential mode: one chain of steps, in this thread (splitting one task's images
-        # over threads measured slower); its interval evaluations get the other thread
+        # over threads measured slower); its interval evaluations get the other thread, when
+        # both run on the fast kernels (two threads may not run torch.func transforms at once)
         sequential = config.parallel == "loop" and self.device.type == "cpu"
-        self.background = ThreadPoolExecutor(1, initializer=_one_thread) if sequential else None
+        concurrent = sequential and model.has_fast_path()
+        self.background = ThreadPoolExecutor(1, initializer=_one_thread) if concurrent else None
         self.evaluator = Evaluator(
             self.module,
             self.inner,

@@ -10,6 +10,10 @@ from reptorch.cli import build_parser, main
 from reptorch.cli.train import config_from_args
 from reptorch.config import PRESETS, TrainConfig, resolve
 from reptorch.errors import ConfigError
+from reptorch.functional import FunctionalModel
+from reptorch.losses import cross_entropy_mean, cross_entropy_sum, mse_sum
+from reptorch.models import OmniglotNet, SineMLP
+from reptorch.training import Trainer
 
 TINY = ["--classes", "3", "--shots", "1", "--train-shots", "3", "--inner-batch", "3"]
 TINY += ["--inner-iters", "2", "--meta-batch", "2", "--eval-iters", "3", "--device", "cpu"]
@@ -179,3 +183,20 @@ def test_pretrained_and_eval_mistakes(omniglot_run, capsys):
     base = ["eval", "--checkpoint", str(omniglot_run), "--no-progress"]
     _one_line_error(capsys, [*base, "--classes", "5"], "classes=5", "3 outputs")
     _one_line_error(capsys, [*base, "--split", "val"], "split='val'")
+
+
+def test_fast_path_is_the_conv_nets_with_a_cross_entropy():
+    assert FunctionalModel(OmniglotNet(5), cross_entropy_sum).has_fast_path()
+    assert FunctionalModel(OmniglotNet(5), cross_entropy_mean).has_fast_path()
+    assert not FunctionalModel(OmniglotNet(5), mse_sum).has_fast_path()
+    assert not FunctionalModel(SineMLP(), mse_sum).has_fast_path()
+
+
+def test_interval_evaluations_overlap_training_only_on_the_fast_kernels(shared_data):
+    """torch.func transforms in two threads at once corrupt each other (a functorch internal
+    assert: a sine run failed so in CI). So the sequential mode scores its interval evaluations
+    in a background thread only when training and scoring both run on `reptorch.fast`."""
+    assert Trainer(_config(*SINE, "--parallel", "loop")).background is None
+    omniglot = _config(*TINY, "--parallel", "loop", "--data-dir", str(shared_data))
+    assert Trainer(omniglot).background is not None
+    assert Trainer(omniglot.replace(parallel="vmap")).background is None
