@@ -1,4 +1,5 @@
-"""What a run's settings build: its task sources, its network and loss, its evaluation settings.
+"""What a run's settings build: its task sources, its network and loss, its evaluation settings;
+and the check that a run fits the processes it was started in.
 
 Shared by training (`reptorch.training.Trainer`), evaluation of a run directory, the demo and the
 experiments, so that all of them see a run exactly as it was trained.
@@ -11,7 +12,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from reptorch import __version__
 from reptorch.config import TrainConfig
+from reptorch.distributed import Group, shared
 from reptorch.errors import ConfigError
 from reptorch.evaluation import EvalSpec
 from reptorch.losses import loss_for
@@ -65,3 +68,24 @@ def eval_spec(config: TrainConfig, **changes: Any) -> EvalSpec:
     }
     values.update({k: v for k, v in changes.items() if v is not None})
     return EvalSpec(**values)
+
+
+def check_group(config: TrainConfig, group: Group) -> None:
+    """Every process was started with the same settings, and the run fits its processes."""
+    agreed = {k: v for k, v in config.to_dict().items() if k not in ("device", "data_dir")}
+    group.agree("configuration", {**agreed, "reptorch": __version__, "torch": torch.__version__})
+    if group.size > 1 and config.parallel == "loop":
+        raise shared(
+            ConfigError(
+                f"parallel='loop' (the reference's inner state threaded through the tasks in "
+                f"sequence) runs in one process, not {group.size}: use --parallel vmap (the "
+                f"tasks side by side, merged inner state) or start one process"
+            )
+        )
+    if config.meta_batch < group.size:
+        raise shared(
+            ConfigError(
+                f"meta_batch={config.meta_batch} tasks cannot be shared among {group.size} "
+                f"processes: start at most {config.meta_batch} or raise --meta-batch"
+            )
+        )

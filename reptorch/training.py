@@ -8,9 +8,10 @@ at the end. Everything random comes from two generators (task sampling, interval
 states are checkpointed, so a killed run resumes to bit-identical parameters (CPU).
 
 With the exact sequential semantics (`parallel='loop'`) on a CPU the meta-iteration is one chain
-of dependent steps, run in one thread; the interval evaluations then run beside it in a second
-thread, on a snapshot of phi and the inner state (their tasks drawn in order in the main thread),
-and are logged, in order, before the next evaluation starts and before every checkpoint.
+of dependent steps, run in one thread; on the fast kernels the interval evaluations then run
+beside it in a second thread, on a snapshot of phi and the inner state (their tasks drawn in order
+in the main thread), and are logged, in order, before the next evaluation starts and before every
+checkpoint. `chain_threads` > 1 gives the chain more threads instead (`reptorch.chain_threads`).
 
 Under torchrun (`reptorch.distributed`) every process builds the same Trainer: the meta-batch's
 tasks, the interval evaluations' tasks and the final evaluation's task list are shared among the
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -31,11 +31,12 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from reptorch import __version__, tree
+from reptorch import tree
 from reptorch.algorithms import ALGORITHMS
+from reptorch.chain_threads import background_thread, check_chain_threads, torch_threads
 from reptorch.checkpoint import Checkpoint, save_checkpoint
 from reptorch.config import TrainConfig
-from reptorch.distributed import LOCAL, Group, device_for, shared
+from reptorch.distributed import LOCAL, Group, device_for
 from reptorch.errors import ConfigError
 from reptorch.evaluation import (
     EvalResult,
@@ -51,7 +52,7 @@ from reptorch.meta import MetaLearner
 from reptorch.metrics_log import MetricsLog
 from reptorch.outer import Interpolation, OuterOptimizer
 from reptorch.run_directory import open_run, read_run
-from reptorch.run_setup import build_module, build_sources, eval_spec
+from reptorch.run_setup import build_module, build_sources, check_group, eval_spec
 
 EVAL_SEED_OFFSET = 2**33  # the interval-evaluation generator: seed + 2^33
 
@@ -65,9 +66,12 @@ class Trainer:
         directory: Path | None = None,
         workers: int | None = None,
         group: Group = LOCAL,
+        chain_threads: int = 1,
     ) -> None:
         """workers: CPU threads of the fast oracle (see `reptorch.cli.train.cpu_threads`);
-        group: this process's place in a torchrun job (`reptorch.distributed.setup`)."""
+        group: this process's place in a torchrun job (`reptorch.distributed.setup`);
+        chain_threads: intra-op threads of the exact sequential chain (`parallel='loop'` on a
+        CPU). 1, the default, keeps the trajectory independent of the machine's cores."""
         check_group(config, group)
         self.config, self.directory, self.workers, self.group = config, directory, workers, group
         self.echo = True  # print the interval lines (`train(echo=False)` silences them)
@@ -79,12 +83,12 @@ class Trainer:
         self.inner = make_inner_optimizer(config.inner_optimizer, config.learning_rate)
         self.loss_fn = loss_fn
         model = FunctionalModel(self.module, loss_fn)
-        # exact sequential mode: one chain of steps, in this thread (splitting one task's images
-        # over threads measured slower); its interval evaluations get the other thread, when
-        # both run on the fast kernels (two threads may not run torch.func transforms at once)
+        # exact sequential mode: one chain of steps, in this thread (`reptorch.chain_threads`);
+        # its interval evaluations get the other thread when both run on the fast kernels
         sequential = config.parallel == "loop" and self.device.type == "cpu"
-        concurrent = sequential and model.has_fast_path()
-        self.background = ThreadPoolExecutor(1, initializer=_one_thread) if concurrent else None
+        self.chain_threads = check_chain_threads(chain_threads, sequential)
+        concurrent = sequential and chain_threads == 1 and model.has_fast_path()
+        self.background = background_thread(concurrent)
         self.evaluator = Evaluator(
             self.module,
             self.inner,
@@ -175,6 +179,16 @@ class Trainer:
         on_iteration: called after every meta-iteration (an outer progress bar). echo: print
         the `batch i: train=... test=...` lines (rank 0 only).
         """
+        with torch_threads(self.chain_threads):
+            self._train(progress, stop_at, on_iteration, echo)
+
+    def _train(
+        self,
+        progress: bool,
+        stop_at: int | None,
+        on_iteration: Callable[[], None] | None,
+        echo: bool,
+    ) -> None:
         c, learner, main = self.config, self.learner, self.group.is_main
         end = c.meta_iters if stop_at is None else min(stop_at, c.meta_iters)
         self.echo = echo and main
@@ -350,10 +364,6 @@ class Trainer:
         return result, spec, seed
 
 
-def _one_thread() -> None:
-    torch.set_num_threads(1)  # this thread's ops; the caller's are unaffected
-
-
 def _clone_state(state: Any) -> Any:
     """A copy of an inner optimiser state that later steps cannot change."""
     if isinstance(state, AdamState):
@@ -361,27 +371,6 @@ def _clone_state(state: Any) -> Any:
             exp_avg=tree.clone(state.exp_avg), exp_avg_sq=tree.clone(state.exp_avg_sq)
         )
     return state
-
-
-def check_group(config: TrainConfig, group: Group) -> None:
-    """Every process was started with the same settings, and the run fits its processes."""
-    agreed = {k: v for k, v in config.to_dict().items() if k not in ("device", "data_dir")}
-    group.agree("configuration", {**agreed, "reptorch": __version__, "torch": torch.__version__})
-    if group.size > 1 and config.parallel == "loop":
-        raise shared(
-            ConfigError(
-                f"parallel='loop' (the reference's inner state threaded through the tasks in "
-                f"sequence) runs in one process, not {group.size}: use --parallel vmap (the "
-                f"tasks side by side, merged inner state) or start one process"
-            )
-        )
-    if config.meta_batch < group.size:
-        raise shared(
-            ConfigError(
-                f"meta_batch={config.meta_batch} tasks cannot be shared among {group.size} "
-                f"processes: start at most {config.meta_batch} or raise --meta-batch"
-            )
-        )
 
 
 def load_trainer(

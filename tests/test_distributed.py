@@ -32,7 +32,8 @@ from reptorch.checkpoint import list_checkpoints, load_checkpoint
 from reptorch.config import TrainConfig
 from reptorch.distributed import Group, timeout_seconds
 from reptorch.errors import ConfigError
-from reptorch.training import check_group, load_trainer
+from reptorch.run_setup import check_group
+from reptorch.training import load_trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 ITERS, EVERY = 12, 2

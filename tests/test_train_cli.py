@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 
 import pytest
+import torch
 
 from reptorch.cli import build_parser, main
 from reptorch.cli.train import config_from_args
@@ -200,3 +202,32 @@ def test_interval_evaluations_overlap_training_only_on_the_fast_kernels(shared_d
     omniglot = _config(*TINY, "--parallel", "loop", "--data-dir", str(shared_data))
     assert Trainer(omniglot).background is not None
     assert Trainer(omniglot.replace(parallel="vmap")).background is None
+
+
+def test_chain_threads_run_the_sequential_chain_then_are_put_back(shared_data):
+    """--chain-threads N: the exact chain trains with N intra-op threads (the interval
+    evaluations then in turn with it), the same computation to float rounding; 1 by default."""
+    config = _config(*TINY, "--parallel", "loop", "--data-dir", str(shared_data))
+    config = config.replace(meta_iters=2, eval_interval=1, eval_samples=0)
+    before = torch.get_num_threads()
+    phis = {}
+    for threads in (2, 1):
+        trainer = Trainer(config, chain_threads=threads)
+        assert (trainer.background is None) == (threads > 1)
+        seen: list[int] = []
+        count = partial(lambda out: out.append(torch.get_num_threads()), seen)
+        trainer.train(False, on_iteration=count, echo=False)
+        assert seen == [threads, threads] and torch.get_num_threads() == before
+        phis[threads] = trainer.learner.phi
+    for name, value in phis[1].items():
+        torch.testing.assert_close(phis[2][name], value, rtol=1e-4, atol=1e-5)
+
+
+def test_chain_threads_mistakes_are_one_line_errors(tmp_path, capsys):
+    run = tmp_path / "run"
+    argv = ["train", *SINE, "--checkpoint", str(run)]
+    _one_line_error(capsys, [*argv, "--chain-threads", "0"], "chain_threads=0")
+    _one_line_error(
+        capsys, [*argv, "--parallel", "vmap", "--chain-threads", "2"], "--parallel loop"
+    )
+    assert not run.exists()
