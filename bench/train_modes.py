@@ -3,6 +3,9 @@ mode (`--parallel vmap`), through `reptorch train` itself (interval evaluations 
 interleaved rounds on the same machine.
 
     python -m bench.train_modes --data-dir ../shared/data --iters 300 --rounds 2
+    python -m bench.train_modes --preset omniglot-20w1s --modes loop,loop:2 --nice 19
+
+A mode `loop:N` is the exact mode with `--chain-threads N`; `--nice` runs the trainings niced.
 
 Each round trains a fresh run of the preset for `--iters` meta-iterations in each mode and
 reads the wall time of the last `--iters - 50` iterations from its metrics log (the first 50
@@ -19,14 +22,16 @@ import sys
 import tempfile
 from pathlib import Path
 
-MODES = ("loop", "vmap")
 
-
-def one_run(preset: str, mode: str, data_dir: str, iters: int, directory: Path) -> float:
+def one_run(
+    preset: str, mode: str, data_dir: str, iters: int, directory: Path, nice: int = 0
+) -> float:
     """Iterations per second after the first 50, from the run's metrics.csv."""
-    run = directory / f"{preset}-{mode}"
+    run = directory / f"{preset}-{mode.replace(':', '-')}"
+    parallel, _, threads = mode.partition(":")
     subprocess.run(
-        [sys.executable, "-m", "reptorch", "train", "--preset", preset, "--parallel", mode]
+        ["nice", "-n", str(nice), sys.executable, "-m", "reptorch", "train", "--preset", preset]
+        + ["--parallel", parallel, "--chain-threads", threads or "1"]
         + ["--checkpoint", str(run), "--data-dir", data_dir, "--meta-iters", str(iters)]
         + ["--eval-samples", "0", "--no-progress", "--checkpoint-every", str(iters)],
         check=True,
@@ -45,19 +50,24 @@ def main() -> None:
     parser.add_argument("--data-dir", default="../shared/data")
     parser.add_argument("--iters", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--modes", default="loop,vmap", help="comma list: loop, vmap, loop:N")
+    parser.add_argument("--nice", type=int, default=0, help="niceness of the trainings")
     args = parser.parse_args()
-    speeds: dict[str, list[float]] = {m: [] for m in MODES}
+    modes = args.modes.split(",")
+    speeds: dict[str, list[float]] = {m: [] for m in modes}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
-            for mode in MODES if r % 2 == 0 else MODES[::-1]:
-                speed = one_run(args.preset, mode, args.data_dir, args.iters, Path(tmp) / str(r))
+            for mode in modes if r % 2 == 0 else modes[::-1]:
+                directory = Path(tmp) / str(r)
+                speed = one_run(args.preset, mode, args.data_dir, args.iters, directory, args.nice)
                 speeds[mode].append(speed)
                 print(f"round {r} {mode}: {speed:.2f} it/s", flush=True)
-    loop, vmap = (statistics.median(speeds[m]) for m in MODES)
-    print(
-        f"{args.preset}: exact (loop) {loop:.2f} it/s, merged (vmap) {vmap:.2f} it/s, "
-        f"ratio {loop / vmap:.2f}"
+    first = statistics.median(speeds[modes[0]])
+    summary = ", ".join(
+        f"{m} {statistics.median(speeds[m]):.2f} it/s ({statistics.median(speeds[m]) / first:.2f}x)"
+        for m in modes
     )
+    print(f"{args.preset} (nice {args.nice}): {summary}")
 
 
 if __name__ == "__main__":

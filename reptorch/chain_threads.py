@@ -5,9 +5,10 @@ meta-iteration is one chain of dependent inner steps; the cores can only share w
 By default the chain runs single-threaded and the interval evaluations take a second thread
 beside it: the trajectory is then the same on any machine, and steady when other jobs share the
 cores. `chain_threads` > 1 gives the chain that many intra-op threads instead (the evaluations
-then run in turn with it): ~1.5x faster on an otherwise idle 2-core machine, ~2.5x slower beside
-one busy process (OpenMP barriers wait for a descheduled thread), and float rounding, hence the
-trajectory, then depends on the thread count (`bench/chain_threads.py`, docs/benchmarks.md).
+then run in turn with it). On an otherwise idle 2-core machine the bare meta-iteration runs ~1.5x
+faster, a whole training run 1.0-1.25x; beside one busy process ~2.5x slower (OpenMP barriers
+wait for a descheduled thread); and float rounding, hence the trajectory, then depends on the
+thread count (`bench/chain_threads.py`, docs/benchmarks.md).
 """
 
 from __future__ import annotations

@@ -20,3 +20,11 @@ class DataError(ReptorchError):
 
 class CheckpointError(ReptorchError):
     """A missing, corrupt or incompatible checkpoint."""
+
+
+class RunStopped(ReptorchError):
+    """A run stopped by a signal, its checkpoint written; exits with 128 + the signal number."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum

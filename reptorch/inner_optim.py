@@ -99,6 +99,15 @@ class Adam:
         return new_params, AdamState(step=t, exp_avg=exp_avg, exp_avg_sq=exp_avg_sq)
 
 
+def clone_state(state):
+    """A copy of an inner optimiser state that later in-place steps cannot change."""
+    if isinstance(state, AdamState):
+        return state._replace(
+            exp_avg=tree.clone(state.exp_avg), exp_avg_sq=tree.clone(state.exp_avg_sq)
+        )
+    return state
+
+
 def merge_task_states(state, mean=tree.batch_mean):
     """The inner state carried out of a meta-batch run in parallel: the mean over tasks
     (`mean`: of a batched tree over its tasks; across processes, `Group.task_mean`).

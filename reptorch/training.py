@@ -47,12 +47,13 @@ from reptorch.evaluation import (
     task_chunks,
 )
 from reptorch.functional import FunctionalModel
-from reptorch.inner_optim import AdamState, make_inner_optimizer
+from reptorch.inner_optim import clone_state, make_inner_optimizer
 from reptorch.meta import MetaLearner
 from reptorch.metrics_log import MetricsLog
 from reptorch.outer import Interpolation, OuterOptimizer
 from reptorch.run_directory import open_run, read_run
 from reptorch.run_setup import build_module, build_sources, check_group, eval_spec
+from reptorch.stop_signals import RunStopped, StopSignals
 
 EVAL_SEED_OFFSET = 2**33  # the interval-evaluation generator: seed + 2^33
 
@@ -161,7 +162,7 @@ class Trainer:
 
         if self.background is None:
             return score
-        phi, state = tree.clone(phi), _clone_state(state)
+        phi, state = tree.clone(phi), clone_state(state)
         return self.background.submit(score).result
 
     def train(
@@ -214,44 +215,65 @@ class Trainer:
                 pending()
                 pending = None
 
-        for i in range(start, end):
-            tasks = source.sample_train(
-                c.meta_batch,
-                c.effective_train_shots,
-                c.inner_batch,
-                c.inner_iters,
-                c.replacement,
-                c.foml_tail,
-                generator=self.train_gen,
-            )
-            tail = None if tasks.tail is None else tuple(t.to(self.device) for t in tasks.tail)
-            eps = learner.outer.step_size(i)
-            losses = learner.step(tasks.xs.to(self.device), tasks.ys.to(self.device), tail)
-            if i % c.eval_interval == 0:
-                finish()
-                scores = self.interval_eval(["train", self.monitor])
-                loss = float(losses.double().mean())  # exact sum: the same for any layout
-                pending = partial(self._log_interval, log, i, eps, loss, scores, t0)
-                if self.background is None:
+        stop = StopSignals(enabled=self.group.size == 1)
+        with stop:
+            for i in range(start, end):
+                if stop.received is not None:  # a checkpoint at i iterations, then RunStopped
                     finish()
-            if (
-                self.directory is not None
-                and main
-                and ((i + 1) % c.checkpoint_every == 0 or i + 1 == end)
-            ):
-                finish()
-                if log is not None:
-                    log.flush()
-                save_checkpoint(self.directory, self.checkpoint(), keep=c.keep)
-            bar.update()
-            if on_iteration is not None:
-                on_iteration()
+                    bar.close()
+                    self._stop(i, end, log, stop)
+                tasks = source.sample_train(
+                    c.meta_batch,
+                    c.effective_train_shots,
+                    c.inner_batch,
+                    c.inner_iters,
+                    c.replacement,
+                    c.foml_tail,
+                    generator=self.train_gen,
+                )
+                tail = None if tasks.tail is None else tuple(t.to(self.device) for t in tasks.tail)
+                eps = learner.outer.step_size(i)
+                losses = learner.step(tasks.xs.to(self.device), tasks.ys.to(self.device), tail)
+                if i % c.eval_interval == 0:
+                    finish()
+                    scores = self.interval_eval(["train", self.monitor])
+                    loss = float(losses.double().mean())  # exact sum: the same for any layout
+                    pending = partial(self._log_interval, log, i, eps, loss, scores, t0)
+                    if self.background is None:
+                        finish()
+                if (
+                    self.directory is not None
+                    and main
+                    and ((i + 1) % c.checkpoint_every == 0 or i + 1 == end)
+                ):
+                    finish()
+                    if log is not None:
+                        log.flush()
+                    save_checkpoint(self.directory, self.checkpoint(), keep=c.keep)
+                bar.update()
+                if on_iteration is not None:
+                    on_iteration()
         finish()
         bar.close()
         if log is not None:
             log.close()
         self.seconds = time.perf_counter() - t0
         self.iterations = max(end - start, 0)
+
+    def _stop(self, done: int, end: int, log: MetricsLog | None, stop: StopSignals) -> None:
+        """After a SIGINT/SIGTERM: checkpoint the `done` iterations, then raise `RunStopped`."""
+        where, signum = f"after {done:,} of {end:,} meta-iterations", int(stop.received or 0)
+        if self.directory is None:
+            raise RunStopped(f"stopped by {stop.name} {where} (no run directory)", signum)
+        if log is not None:
+            log.close()
+        if self.group.is_main:
+            save_checkpoint(self.directory, self.checkpoint(), keep=self.config.keep)
+        raise RunStopped(
+            f"stopped by {stop.name} {where}; checkpoint written to {self.directory}: rerun the "
+            "same command to resume",
+            signum,
+        )
 
     def _log_interval(
         self,
@@ -362,15 +384,6 @@ class Trainer:
             ]
             result = EvalResult(*gathered, result.metric, time.perf_counter() - result.started)
         return result, spec, seed
-
-
-def _clone_state(state: Any) -> Any:
-    """A copy of an inner optimiser state that later steps cannot change."""
-    if isinstance(state, AdamState):
-        return state._replace(
-            exp_avg=tree.clone(state.exp_avg), exp_avg_sq=tree.clone(state.exp_avg_sq)
-        )
-    return state
 
 
 def load_trainer(

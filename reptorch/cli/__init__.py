@@ -12,7 +12,7 @@ import os
 import sys
 
 from reptorch import __version__
-from reptorch.errors import ReptorchError
+from reptorch.errors import ReptorchError, RunStopped
 
 # Subcommand modules under reptorch.cli, in the order `--help` lists them.
 SUBCOMMANDS: tuple[str, ...] = (
@@ -37,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
+    except RunStopped as stopped:  # SIGINT/SIGTERM: checkpoint written (`reptorch.stop_signals`)
+        print(f"reptorch: {stopped}", file=sys.stderr)
+        return stopped.exit_code
     except ReptorchError as error:
         # an error every torchrun process raises alike (`reptorch.distributed`): rank 0 prints it
         if not getattr(error, "shared", False) or os.environ.get("RANK", "0") == "0":

@@ -114,9 +114,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=1,
         metavar="N",
         help="threads of the exact sequential chain (--parallel loop on a CPU). 1 keeps a run's "
-        "trajectory independent of the machine's cores and steady beside other jobs; all the "
-        "cores train ~1.5x faster on an otherwise idle machine, ~2.5x slower beside a busy "
-        "process (default: %(default)s)",
+        "trajectory independent of the machine's cores and steady beside other jobs; more may "
+        "train up to ~1.25x faster on an otherwise idle machine, ~2.5x slower beside a busy "
+        "process (docs/benchmarks.md; default: %(default)s)",
     )
     parser.add_argument("--json", action="store_true", help="print the evaluation as JSON last")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -132,9 +132,9 @@ def run_all(
     on_iteration: Callable[[], None] | None = None,
     stop_at: int | None = None,
 ) -> dict[str, int]:
-    """Trains (or resumes) every curve in turns of `chunk` iterations, so that all of them stand
-    at the same iteration whenever the command is stopped; `stop_at` ends every curve there (a
-    later call resumes them). Returns {slug: iterations done}."""
+    """Trains (or resumes) every curve in turns of `chunk` iterations, so that a stopped command
+    leaves them within one chunk of each other (a later call brings them level at its first
+    turn); `stop_at` ends every curve there. Returns {slug: iterations done}."""
     trainers = {
         c.slug: Trainer(train_config(c, config), directory / c.slug, workers)
         for c in config.selected()
