@@ -77,6 +77,10 @@ class Trainer:
         self.config, self.directory, self.workers, self.group = config, directory, workers, group
         self.echo = True  # print the interval lines (`train(echo=False)` silences them)
         self.device = torch.device(config.device)
+        # exact sequential mode: one chain of steps, in this thread (`reptorch.chain_threads`);
+        # its interval evaluations get the other thread when both run on the fast kernels
+        sequential = config.parallel == "loop" and self.device.type == "cpu"
+        self.chain_threads = check_chain_threads(chain_threads, sequential)
         self.sources = build_sources(config)
         self.monitor = "val" if "val" in self.sources else "test"
         module, loss_fn = build_module(config, self.sources)
@@ -84,10 +88,6 @@ class Trainer:
         self.inner = make_inner_optimizer(config.inner_optimizer, config.learning_rate)
         self.loss_fn = loss_fn
         model = FunctionalModel(self.module, loss_fn)
-        # exact sequential mode: one chain of steps, in this thread (`reptorch.chain_threads`);
-        # its interval evaluations get the other thread when both run on the fast kernels
-        sequential = config.parallel == "loop" and self.device.type == "cpu"
-        self.chain_threads = check_chain_threads(chain_threads, sequential)
         concurrent = sequential and chain_threads == 1 and model.has_fast_path()
         self.background = background_thread(concurrent)
         self.evaluator = Evaluator(
