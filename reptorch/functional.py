@@ -64,11 +64,10 @@ class FunctionalModel:
         `vmap_loss_and_grad()`. `workers`: the fast oracle's CPU threads (None: the caller's
         torch thread count).
         """
-        reduction = cross_entropy_reduction(self.loss_fn)  # the only losses the kernel computes
-        oracle = None
-        if fast and reduction is not None:
-            oracle = fast_loss_and_grad_for(self.module, workers, reduction)
-        return oracle or self.vmap_loss_and_grad()
+        if fast and self.has_fast_path():
+            reduction = cross_entropy_reduction(self.loss_fn)
+            return fast_loss_and_grad_for(self.module, workers, reduction)
+        return self.vmap_loss_and_grad()
 
     def has_fast_path(self) -> bool:
         """Whether `batched_loss_and_grad()` and `batched_forward()` are `reptorch.fast`'s
@@ -76,6 +75,7 @@ class FunctionalModel:
         concurrently in two threads corrupt each other's state (an internal assert, or "One of
         the differentiated Tensors does not require grad")."""
         fast_net = spec_for(self.module) is not None
+        # a cross-entropy, summed or mean: the only losses the kernel computes
         return fast_net and cross_entropy_reduction(self.loss_fn) is not None
 
     def batched_forward(

@@ -15,10 +15,7 @@ import threading
 from types import FrameType, TracebackType
 from typing import Any
 
-from reptorch.errors import RunStopped
-
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
-__all__ = ["SIGNALS", "RunStopped", "StopSignals"]
 
 
 class StopSignals:

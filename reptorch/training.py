@@ -37,7 +37,7 @@ from reptorch.chain_threads import background_thread, check_chain_threads, torch
 from reptorch.checkpoint import Checkpoint, save_checkpoint
 from reptorch.config import TrainConfig
 from reptorch.distributed import LOCAL, Group, device_for
-from reptorch.errors import ConfigError
+from reptorch.errors import ConfigError, RunStopped
 from reptorch.evaluation import (
     EvalResult,
     EvalSpec,
@@ -53,7 +53,7 @@ from reptorch.metrics_log import MetricsLog
 from reptorch.outer import Interpolation, OuterOptimizer
 from reptorch.run_directory import open_run, read_run
 from reptorch.run_setup import build_module, build_sources, check_group, eval_spec
-from reptorch.stop_signals import RunStopped, StopSignals
+from reptorch.stop_signals import StopSignals
 
 EVAL_SEED_OFFSET = 2**33  # the interval-evaluation generator: seed + 2^33
 
