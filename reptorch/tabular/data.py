@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from reptorch.data.roots import resolve_data_root
+from reptorch.data.roots import dataset_dir
 from reptorch.errors import DataError
 
 KEEL_SUBDIR = Path("tabular") / "keel"
@@ -135,8 +135,9 @@ class Encoder:
 
 
 def keel_dir(data_dir: str | Path | None = None) -> Path:
-    """`<root>/tabular/keel`, with the usual root rule (`--data-dir`, `$REPTORCH_DATA`, default)."""
-    return resolve_data_root(data_dir) / KEEL_SUBDIR
+    """`<root>/tabular/keel`, with the usual root rule (`--data-dir`, `$REPTORCH_DATA`, default;
+    a root that is the `tabular/` folder itself is used as such)."""
+    return dataset_dir(KEEL_SUBDIR.parent.name, data_dir) / KEEL_SUBDIR.name
 
 
 def read_manifest(directory: Path) -> list[dict]:
