@@ -21,11 +21,14 @@ from typing import Any
 from reptorch.errors import ConfigError
 from reptorch.losses import LOSS_REDUCTIONS
 
+# The choices of every named option, defined here once; the algorithms, optimisers, CLI and
+# evaluation import them.
 ALGORITHMS = ("reptile", "fomaml", "maml", "joint")
 INNER_OPTIMIZERS = ("adam", "sgd")
-INNER_STATES = ("carry", "reset")
-PARALLEL = ("vmap", "loop")
-OUTER = ("interpolate", "sgd", "adam")
+INNER_STATES = ("carry", "reset")  # the inner optimiser state across tasks
+PARALLEL = ("vmap", "loop")  # a meta-batch's tasks side by side, or in sequence (exact)
+OUTER = ("interpolate", "sgd", "adam")  # the reference interpolation, or a torch.optim optimiser
+EVAL_INNER_STATES = ("checkpoint", "zero")  # the inner state an evaluation task starts from
 DATASETS = ("omniglot", "miniimagenet", "sine", "folder:PATH")
 
 # Fields that may differ when a run resumes: where things are and how often they are saved,

@@ -18,6 +18,7 @@ from typing import NamedTuple, Protocol
 import torch
 
 from reptorch import tree
+from reptorch.config import INNER_OPTIMIZERS
 from reptorch.errors import ConfigError
 from reptorch.tree import Params
 
@@ -125,8 +126,9 @@ def merge_task_states(state, mean=tree.batch_mean):
 
 def make_inner_optimizer(name: str, lr: float) -> InnerOptimizer:
     """'adam' (the reference, beta1 = 0) or 'sgd' (the reference's `--sgd`)."""
-    if name == "adam":
-        return Adam(lr)
-    if name == "sgd":
-        return SGD(lr)
-    raise ConfigError(f"unknown inner optimiser {name!r}: choose 'adam' or 'sgd'")
+    optimizers: dict[str, type[Adam] | type[SGD]] = {"adam": Adam, "sgd": SGD}
+    if name not in optimizers:
+        raise ConfigError(
+            f"unknown inner optimiser {name!r}: choose one of {', '.join(INNER_OPTIMIZERS)}"
+        )
+    return optimizers[name](lr)

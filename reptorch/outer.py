@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from reptorch.config import OUTER
 from reptorch.errors import ConfigError
 from reptorch.schedule import linear_meta_step
 from reptorch.tree import Params
@@ -58,7 +59,10 @@ class OuterOptimizer(Interpolation):
         super().__init__(meta_step, meta_step_final, meta_iters)
         classes = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}
         if name not in classes:
-            raise ConfigError(f"unknown outer optimiser {name!r}: choose 'sgd' or 'adam'")
+            raise ConfigError(
+                f"unknown outer optimiser {name!r}: choose one of {', '.join(classes)} "
+                f"(or {OUTER[0]}, the reference interpolation)"
+            )
         self.name = name
         self.names = list(phi)
         self.leaves = [torch.nn.Parameter(phi[n].detach().clone()) for n in self.names]

@@ -35,7 +35,7 @@ from reptorch import tree
 from reptorch.algorithms import ALGORITHMS
 from reptorch.chain_threads import background_thread, check_chain_threads, torch_threads
 from reptorch.checkpoint import Checkpoint, save_checkpoint
-from reptorch.config import TrainConfig
+from reptorch.config import EVAL_INNER_STATES, TrainConfig
 from reptorch.distributed import LOCAL, Group, device_for
 from reptorch.errors import ConfigError, RunStopped
 from reptorch.evaluation import (
@@ -69,7 +69,7 @@ class Trainer:
         group: Group = LOCAL,
         chain_threads: int = 1,
     ) -> None:
-        """workers: CPU threads of the fast oracle (see `reptorch.cli.train.cpu_threads`);
+        """workers: CPU threads of the fast oracle (see `reptorch.cli.common.cpu_threads`);
         group: this process's place in a torchrun job (`reptorch.distributed.setup`);
         chain_threads: intra-op threads of the exact sequential chain (`parallel='loop'` on a
         CPU). 1, the default, keeps the trajectory independent of the machine's cores."""
@@ -352,8 +352,10 @@ class Trainer:
             raise ConfigError(
                 f"split={split!r}: {c.dataset} has the splits {', '.join(self.sources)}"
             )
-        if inner_state not in ("checkpoint", "zero"):
-            raise ConfigError(f"eval_inner_state={inner_state!r}: choose checkpoint or zero")
+        if inner_state not in EVAL_INNER_STATES:
+            raise ConfigError(
+                f"eval_inner_state={inner_state!r}: choose one of {', '.join(EVAL_INNER_STATES)}"
+            )
         if num_tasks < 1:
             raise ConfigError(f"eval_samples={num_tasks}: evaluate at least one task")
         source = self.sources[split]

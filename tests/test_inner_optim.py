@@ -71,5 +71,5 @@ def test_bad_settings_are_config_errors():
         Adam(0.0)
     with pytest.raises(ConfigError, match="betas"):
         Adam(1e-3, beta2=1.0)
-    with pytest.raises(ConfigError, match="'adam' or 'sgd'"):
+    with pytest.raises(ConfigError, match="choose one of adam, sgd"):
         make_inner_optimizer("rmsprop", 0.1)

@@ -14,13 +14,12 @@ from typing import Any, NamedTuple
 import torch
 
 from reptorch import tree
+from reptorch.config import INNER_STATES, PARALLEL
 from reptorch.errors import ConfigError
 from reptorch.functional import FunctionalModel, LossAndGrad
 from reptorch.inner_optim import InnerOptimizer, merge_task_states
 from reptorch.tree import Params
 
-INNER_STATE_POLICIES = ("carry", "reset")
-PARALLEL_MODES = ("vmap", "loop")
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
@@ -65,10 +64,12 @@ class MetaAlgorithm:
         weight_decay: float = 1.0,
         batched_loss_and_grad: LossAndGrad | None = None,
     ) -> None:
-        if inner_state not in INNER_STATE_POLICIES:
-            raise ConfigError(f"inner state policy {inner_state!r}: choose 'carry' or 'reset'")
-        if parallel not in PARALLEL_MODES:
-            raise ConfigError(f"parallel mode {parallel!r}: choose 'vmap' or 'loop'")
+        if inner_state not in INNER_STATES:
+            raise ConfigError(
+                f"inner state policy {inner_state!r}: choose one of {', '.join(INNER_STATES)}"
+            )
+        if parallel not in PARALLEL:
+            raise ConfigError(f"parallel mode {parallel!r}: choose one of {', '.join(PARALLEL)}")
         self.model = model
         self.inner = inner
         self.inner_state_policy = inner_state

@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
             f"the demo needs the 'demo' extra ({error.name} is missing): "
             f"pip install 'reptorch[demo]'"
         ) from None
-    from reptorch.cli.train import cpu_threads
+    from reptorch.cli.common import cpu_threads
     from reptorch.demo.engine import Engine
 
     model = load_model(args)

@@ -12,7 +12,8 @@ import argparse
 from pathlib import Path
 
 from reptorch import distributed, pretrained
-from reptorch.cli.train import add_dist_timeout, in_group, report
+from reptorch.cli.common import add_dist_timeout, in_group, report
+from reptorch.config import EVAL_INNER_STATES
 from reptorch.training import load_trainer
 
 
@@ -44,8 +45,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=0, help="task-list seed (default: 0)")
     parser.add_argument(
         "--eval-inner-state",
-        choices=("checkpoint", "zero"),
-        default="checkpoint",
+        choices=EVAL_INNER_STATES,
+        default=EVAL_INNER_STATES[0],
         help="inner optimiser state each task starts from: the one saved with the model (the "
         "reference) or a fresh one (default: %(default)s)",
     )

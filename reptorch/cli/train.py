@@ -10,9 +10,7 @@ each meta-batch (`reptorch.distributed`); rank 0 alone writes and prints.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -21,11 +19,21 @@ import torch
 from tqdm import tqdm
 
 from reptorch import distributed
-from reptorch.config import ALGORITHMS, DATASETS, PRESETS, TrainConfig, resolve
+from reptorch.cli.common import add_dist_timeout, in_group, report
+from reptorch.config import (
+    ALGORITHMS,
+    DATASETS,
+    EVAL_INNER_STATES,
+    INNER_STATES,
+    OUTER,
+    PARALLEL,
+    PRESETS,
+    TrainConfig,
+    resolve,
+)
 from reptorch.errors import ConfigError
-from reptorch.io import atomic_write_json
 from reptorch.losses import LOSS_REDUCTIONS
-from reptorch.run_directory import eval_file, read_run_config
+from reptorch.run_directory import read_run_config
 from reptorch.training import Trainer, load_trainer
 
 _D = TrainConfig()
@@ -58,9 +66,9 @@ _FLAG_FIELDS = {
 }
 _CHOICES: dict[str, tuple[str, tuple[str, ...], str]] = {
     "--algorithm": ("algorithm", ALGORITHMS, "meta-learning algorithm"),
-    "--inner-state": ("inner_state", ("carry", "reset"), "inner optimiser state across tasks"),
-    "--parallel": ("parallel", ("vmap", "loop"), "meta-batch tasks at once or in sequence"),
-    "--outer": ("outer", ("interpolate", "sgd", "adam"), "outer update of phi"),
+    "--inner-state": ("inner_state", INNER_STATES, "inner optimiser state across tasks"),
+    "--parallel": ("parallel", PARALLEL, "meta-batch tasks at once or in sequence"),
+    "--outer": ("outer", OUTER, "outer update of phi"),
     "--loss-reduction": (
         "loss_reduction",
         LOSS_REDUCTIONS,
@@ -104,8 +112,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--eval-inner-state",
-        choices=("checkpoint", "zero"),
-        default="checkpoint",
+        choices=EVAL_INNER_STATES,
+        default=EVAL_INNER_STATES[0],
         help="inner state every evaluation task starts from (default: %(default)s)",
     )
     parser.add_argument(
@@ -124,16 +132,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def add_dist_timeout(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--dist-timeout",
-        type=float,
-        metavar="SECONDS",
-        help="under torchrun: how long a process waits for the others before it stops with an "
-        f"error (default: ${distributed.TIMEOUT_VARIABLE} or {distributed.DEFAULT_TIMEOUT:g})",
-    )
-
-
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """Reference defaults <- preset <- explicit flags; conflicting flags are a `ConfigError`."""
     values: dict[str, Any] = {"dataset": args.dataset, "data_dir": args.data_dir}
@@ -150,62 +148,6 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         values["inner_optimizer"] = "sgd"
     values["device"] = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     return resolve(args.preset, **values)
-
-
-def describe(summary: dict[str, Any]) -> str:
-    """One line: score +- CI, tasks, ways, shots, queries, mode, split, seed, time."""
-    metric = "accuracy" if "accuracy" in summary else "mse"
-    value = summary[metric]
-    shown = (
-        f"{100 * value:.2f}% +- {100 * summary['ci95']:.2f}%"
-        if metric == "accuracy"
-        else (f"MSE {value:.4f} +- {summary['ci95']:.4f}")
-    )
-    mode = "transductive" if summary["transductive"] else "non-transductive"
-    return (
-        f"{metric} {shown} (95% CI, 1.96 sd/sqrt(n)) over {summary['tasks']} tasks: "
-        f"{summary['ways']}-way {summary['shots']}-shot, {summary['queries']} query/class, "
-        f"{mode}, {summary['split']} split, seed {summary['seed']}, "
-        f"{summary['inner_steps']} steps x batch {summary['inner_batch']}, "
-        f"inner state {summary['eval_inner_state']}, iteration {summary['iteration']}, "
-        f"{summary['seconds']:.1f} s ({summary['tasks_per_second']} tasks/s)"
-    )
-
-
-def report(summary: dict[str, Any], directory: Path | None, as_json: bool) -> None:
-    """Prints the summary (and JSON last if asked) and saves it in the run directory."""
-    print(describe(summary))
-    if directory is not None:
-        try:
-            atomic_write_json(
-                eval_file(directory, summary["transductive"], summary["split"]), summary
-            )
-        except OSError as error:  # a read-only run directory still evaluates
-            print(f"note: could not save the evaluation in {directory}: {error}", file=sys.stderr)
-    if as_json:
-        print(json.dumps(summary))
-
-
-def cpu_threads() -> int:
-    """Runs this thread's torch ops single-threaded; returns the thread count it had.
-
-    The fast oracle splits tasks over that many single-threaded workers instead. Intra-op
-    threads on these small tensors wait at OpenMP barriers whenever another process holds a
-    core: measured 13x slower training and 80x slower single-task evaluation on 2 shared cores.
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    return threads
-
-
-def in_group(body: Callable[[argparse.Namespace, int, distributed.Group], int], args) -> int:
-    """`body(args, workers, group)` in torchrun's process group (or alone), which it then leaves."""
-    workers = cpu_threads()
-    group = distributed.setup(args.device, args.dist_timeout)
-    try:
-        return body(args, workers, group)
-    finally:
-        distributed.close()
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,0 +1,83 @@
+"""What the CLI's subcommands share: the thread policy of a command, torchrun's process group,
+the `--dist-timeout` flag, and printing and saving an evaluation's summary."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from reptorch import distributed
+from reptorch.io import atomic_write_json
+from reptorch.run_directory import eval_file
+
+
+def add_dist_timeout(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--dist-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="under torchrun: how long a process waits for the others before it stops with an "
+        f"error (default: ${distributed.TIMEOUT_VARIABLE} or {distributed.DEFAULT_TIMEOUT:g})",
+    )
+
+
+def describe(summary: dict[str, Any]) -> str:
+    """One line: score +- CI, tasks, ways, shots, queries, mode, split, seed, time."""
+    metric = "accuracy" if "accuracy" in summary else "mse"
+    value = summary[metric]
+    shown = (
+        f"{100 * value:.2f}% +- {100 * summary['ci95']:.2f}%"
+        if metric == "accuracy"
+        else (f"MSE {value:.4f} +- {summary['ci95']:.4f}")
+    )
+    mode = "transductive" if summary["transductive"] else "non-transductive"
+    return (
+        f"{metric} {shown} (95% CI, 1.96 sd/sqrt(n)) over {summary['tasks']} tasks: "
+        f"{summary['ways']}-way {summary['shots']}-shot, {summary['queries']} query/class, "
+        f"{mode}, {summary['split']} split, seed {summary['seed']}, "
+        f"{summary['inner_steps']} steps x batch {summary['inner_batch']}, "
+        f"inner state {summary['eval_inner_state']}, iteration {summary['iteration']}, "
+        f"{summary['seconds']:.1f} s ({summary['tasks_per_second']} tasks/s)"
+    )
+
+
+def report(summary: dict[str, Any], directory: Path | None, as_json: bool) -> None:
+    """Prints the summary (and JSON last if asked) and saves it in the run directory."""
+    print(describe(summary))
+    if directory is not None:
+        try:
+            atomic_write_json(
+                eval_file(directory, summary["transductive"], summary["split"]), summary
+            )
+        except OSError as error:  # a read-only run directory still evaluates
+            print(f"note: could not save the evaluation in {directory}: {error}", file=sys.stderr)
+    if as_json:
+        print(json.dumps(summary))
+
+
+def cpu_threads() -> int:
+    """Runs this thread's torch ops single-threaded; returns the thread count it had.
+
+    The fast oracle splits tasks over that many single-threaded workers instead. Intra-op
+    threads on these small tensors wait at OpenMP barriers whenever another process holds a
+    core: measured 13x slower training and 80x slower single-task evaluation on 2 shared cores.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    return threads
+
+
+def in_group(body: Callable[[argparse.Namespace, int, distributed.Group], int], args) -> int:
+    """`body(args, workers, group)` in torchrun's process group (or alone), which it then leaves."""
+    workers = cpu_threads()
+    group = distributed.setup(args.device, args.dist_timeout)
+    try:
+        return body(args, workers, group)
+    finally:
+        distributed.close()
