@@ -1,6 +1,8 @@
 """`reptorch data download|check NAME`: get a dataset into the data root and verify it.
 
-`download tabular` installs the 43 KEEL tables in `<root>/tabular/keel/`.
+`download tabular` installs the 43 KEEL tables in `<root>/tabular/keel/`; `download miniimagenet`
+installs Ravi's layout (`images/` + the split CSVs) in `<root>/miniimagenet/`, every image
+verified against the manifest shipped with reptorch (`reptorch.data.download_miniimagenet`).
 
 The data root is `--data-dir`, else `$REPTORCH_DATA`, else `~/.cache/reptorch`
 (`reptorch.data.roots`), the same rule training uses, so what `download` installs is what
@@ -16,7 +18,7 @@ import sys
 from reptorch.data.roots import dataset_dir, resolve_data_root
 from reptorch.errors import ConfigError, DataError
 
-DOWNLOADABLE = ("omniglot", "tabular")
+DOWNLOADABLE = ("omniglot", "tabular", "miniimagenet")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -25,11 +27,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     root_help = "data root (default: $REPTORCH_DATA, else ~/.cache/reptorch)"
 
     download = actions.add_parser("download", help="fetch a dataset into the data root")
-    download.add_argument("name", choices=DOWNLOADABLE + ("miniimagenet",))
+    download.add_argument("name", choices=DOWNLOADABLE)
     download.add_argument("--data-dir", help=root_help)
     download.add_argument("--extract", action="store_true", help="extract the zips (and drop them)")
     download.add_argument("--force", action="store_true", help="download even if present")
-    download.add_argument("--url", help="base address of the archives (default: the official one)")
+    download.add_argument(
+        "--url",
+        help="omniglot, tabular: base address of the archives; miniimagenet: the zip/tar itself "
+        "(default: the official/pinned public copy)",
+    )
+    download.add_argument(
+        "--archive", help="miniimagenet: a zip/tar already on disk, instead of downloading"
+    )
     download.add_argument("--quiet", action="store_true", help="no progress bar")
     download.set_defaults(func=run_download)
 
@@ -41,12 +50,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_download(args: argparse.Namespace) -> int:
+    if args.archive is not None and args.name != "miniimagenet":
+        raise ConfigError(f"--archive is for miniimagenet only, not {args.name}: use --url")
     if args.name == "miniimagenet":
-        raise DataError(
-            "Mini-ImageNet cannot be downloaded automatically (ImageNet's terms): put it in "
-            f"{dataset_dir('miniimagenet', args.data_dir).resolve()} (see `reptorch data check "
-            "miniimagenet` for the accepted layouts)"
+        from reptorch.data.download_miniimagenet import download_miniimagenet
+
+        download_miniimagenet(
+            dataset_dir("miniimagenet", args.data_dir),
+            url=args.url,
+            archive=args.archive,
+            force=args.force,
+            progress=not args.quiet,
         )
+        return 0
     if args.name == "tabular":
         from reptorch.data.download_tabular import download_tabular
         from reptorch.tabular.data import keel_dir

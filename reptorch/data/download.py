@@ -75,9 +75,12 @@ def verify_omniglot_zip(path: Path, part: str, origin: str | None = None) -> int
     return len(entries)
 
 
-def fetch(url: str, dest: Path, progress: bool = True, timeout: float = 60.0) -> Path:
+def fetch(
+    url: str, dest: Path, progress: bool = True, timeout: float = 60.0, hint: str | None = None
+) -> Path:
     """Stream `url` to a temporary file beside `dest` (with a progress bar); returns the temp
-    path, complete as far as Content-Length can tell. Removes it on any failure."""
+    path, complete as far as Content-Length can tell. Removes it on any failure. `hint` says
+    what to do when the address cannot be reached (default: Omniglot's manual download)."""
     fd, name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
     tmp = Path(name)
     try:
@@ -89,7 +92,7 @@ def fetch(url: str, dest: Path, progress: bool = True, timeout: float = 60.0) ->
         except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
             reason = getattr(err, "reason", err)
             raise DataError(
-                f"cannot reach {url} ({reason}): offline? {_manual_hint(dest.parent)}"
+                f"cannot reach {url} ({reason}): offline? {hint or _manual_hint(dest.parent)}"
             ) from None
         with response, os.fdopen(fd, "wb") as out:
             fd = -1
