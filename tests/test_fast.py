@@ -9,11 +9,14 @@ from torch.func import functional_call, grad_and_value, vmap
 
 from reptorch.fast import (
     ConvNetOracle,
+    ConvNetSpec,
     fast_logits_for,
     fast_loss_and_grad_for,
     spec_for,
 )
-from reptorch.models import MiniImageNetNet, OmniglotNet, SineMLP
+from reptorch.fast import logits as convnet_logits
+from reptorch.fast import loss_and_grad as convnet_loss_and_grad
+from reptorch.models import FourBlockNet, MiniImageNetNet, OmniglotNet, SineMLP
 
 
 def _reference(net: torch.nn.Module):
@@ -123,9 +126,22 @@ def test_other_modules_get_no_fast_oracle():
 PLANS = {"one worker": (1, None), "images": (2, ("images", 2)), "tasks": (2, ("tasks", 1))}
 
 
+def _small_miniimagenet() -> FourBlockNet:
+    """Mini-ImageNet's network (stride-1 convs, pooling) at 8 filters, for 21x21 or 30x30 inputs
+    (4 'same' pools: 21 -> 11 -> 6 -> 3 -> 2, 30 -> 15 -> 8 -> 4 -> 2)."""
+    return FourBlockNet(5, filters=8, in_channels=3, stride=1, pool=True, side=2)
+
+
+NETS = {  # the inner loop on each kernel: im2col (Omniglot), PyTorch's convolutions (Mini-ImageNet)
+    "omniglot": (lambda: OmniglotNet(5), (1, 28, 28)),
+    "miniimagenet": (lambda: _small_miniimagenet(), (3, 21, 21)),
+}
+
+
 @pytest.mark.parametrize("plan", PLANS)
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
-def test_fast_inner_loop_matches_core_adapt(plan: str, optimizer: str, monkeypatch):
+@pytest.mark.parametrize("net", NETS)
+def test_fast_inner_loop_matches_core_adapt(plan: str, optimizer: str, net: str, monkeypatch):
     """`ConvNetOracle.adapt` (flat buffers, in-place Adam) equals `reptorch.adapt.adapt` run with
     the vmap reference oracle: params, Adam moments, step counter and losses."""
     from reptorch import tree
@@ -136,11 +152,12 @@ def test_fast_inner_loop_matches_core_adapt(plan: str, optimizer: str, monkeypat
     # float64: in float32 a ReLU input within rounding of 0 can flip between two summation
     # orders (seen on an Intel CPU: one channel of one task, 3e-4 after 4 SGD steps).
     torch.manual_seed(3)
-    model = FunctionalModel(OmniglotNet(5).double())
+    make, shape = NETS[net]
+    model = FunctionalModel(make().double())
     phi = model.init_params()
     gen = torch.Generator().manual_seed(3)
     tasks, steps = 3, 4
-    batches = [_inputs(tasks, 5, 2, (1, 28, 28), torch.float64, gen) for _ in range(steps)]
+    batches = [_inputs(tasks, 5, 2, shape, torch.float64, gen) for _ in range(steps)]
     opt = Adam(1e-3) if optimizer == "adam" else SGD(0.05)
     state = opt.init(phi)
     if optimizer == "adam":  # a carried state: no task dim, nonzero moments, step > 0
@@ -171,6 +188,31 @@ def test_fast_inner_loop_matches_core_adapt(plan: str, optimizer: str, monkeypat
             torch.testing.assert_close(
                 new.state.exp_avg_sq[name], ref.state.exp_avg_sq[name], rtol=1e-6, atol=1e-20
             )
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("tasks", [1, 3])
+def test_native_convolutions_match_im2col_and_autograd(dtype: torch.dtype, tasks: int):
+    """Mini-ImageNet's convs on PyTorch's kernels (the default there) and on im2col + GEMM give
+    the autograd reference's loss, gradients and logits, for one task (the exact chain) and
+    several (each its own weights)."""
+    gen = torch.Generator().manual_seed(11)
+    net = _small_miniimagenet()
+    params = _batched_params(net, tasks, dtype, gen)
+    x, y = _inputs(tasks, 5, 2, (3, 30, 30), dtype, gen)
+    ref_grads, ref_loss = _reference(net.to(dtype))(params, x, y)
+    ref_logits = vmap(lambda p, xx: functional_call(net, p, (xx,)))(params, x)
+    assert spec_for(net).native_convolutions()
+    tol = dict(rtol=1e-4, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-12)
+    for native in (True, False):
+        spec = ConvNetSpec(stride=1, pool=True, native=native)
+        loss, grads = convnet_loss_and_grad(params, x, y, spec)
+        torch.testing.assert_close(loss, ref_loss, **tol)
+        for name in params:
+            # the conv bias's gradient: exactly 0 here, rounding-sized in autograd
+            atol = 1e3 * tol["atol"] if name.endswith("conv.bias") else tol["atol"]
+            torch.testing.assert_close(grads[name], ref_grads[name], rtol=tol["rtol"], atol=atol)
+        torch.testing.assert_close(convnet_logits(params, x, spec), ref_logits, **tol)
 
 
 def test_plan_shares_by_images_only_when_it_pays():

@@ -57,6 +57,16 @@ class ConvNetSpec:
     pool: bool
     layers: int = 4
     eps: float = BN_EPS
+    native: bool | None = None  # PyTorch's own convolutions; None: where they measure faster
+
+    def native_convolutions(self) -> bool:
+        """Whether the convs run on PyTorch's kernels (oneDNN) rather than im2col + GEMM.
+
+        Measured per network (docs/benchmarks.md): at Mini-ImageNet's 84x84 stride-1 layers
+        oneDNN's direct convolution beats the im2col copy + GEMM 2-3x in both passes; Omniglot's
+        28x28 stride-2 layers (asymmetric 'same' padding) stay on im2col, which wins there.
+        """
+        return self.stride == 1 if self.native is None else self.native
 
     def names(self) -> list[str]:
         """Parameter names in the module's (and the kernel's) order."""
@@ -93,7 +103,9 @@ def kernel(spec: ConvNetSpec) -> ConvNetKernel:
     if kernels is None:
         kernels = _LOCAL.kernels = {}
     if spec not in kernels:
-        kernels[spec] = _compile(ConvNetKernel(spec.stride, spec.pool, spec.layers, spec.eps))
+        kernels[spec] = _compile(
+            ConvNetKernel(spec.stride, spec.pool, spec.layers, spec.eps, spec.native_convolutions())
+        )
     return kernels[spec]
 
 

@@ -50,8 +50,11 @@ class ConvNetKernel(nn.Module):
     shaped: dict[str, Tensor]
     taps: dict[str, list[Tensor]]
 
-    def __init__(self, stride: int, pool: bool, layers: int, eps: float) -> None:
+    def __init__(self, stride: int, pool: bool, layers: int, eps: float, native: bool) -> None:
         super().__init__()
+        if native and stride != 1:
+            raise ValueError("native convolutions need stride 1 (symmetric 'same' padding)")
+        self.native = native
         self.stride = stride
         self.pool = pool
         self.layers = layers
@@ -149,6 +152,66 @@ class ConvNetKernel(nn.Module):
             taps[j].add_(taps[j + 1])
         return dxp
 
+    def _oihw(self, weight: Tensor, gemm: bool) -> Tensor:
+        """One task's conv weight as (O, C, 3, 3) in channels-last memory, oneDNN's layout."""
+        if gemm:
+            weight = weight.permute(3, 2, 0, 1)
+        return weight.contiguous(memory_format=torch.channels_last)
+
+    def _conv(self, a: Tensor, weight: Tensor, gemm: bool, t: int, b: int, key: str) -> Tensor:
+        """z (T, B*H*W, O): task t's 3x3 stride-1 'same' convolution of its images in `a`
+        (T*B, H, W, C), by PyTorch's own kernel (oneDNN on CPU), channels-last in and out."""
+        n, h, w = a.size(0), a.size(1), a.size(2)
+        o = weight.size(4) if gemm else weight.size(1)
+        if t == 1:
+            out = F.conv2d(a.permute(0, 3, 1, 2), self._oihw(weight[0], gemm), None, 1, 1)
+            return out.permute(0, 2, 3, 1).reshape(1, n * h * w, o)
+        z = self._buf(key, [n, h, w, o], a)
+        for j in range(t):
+            images = a[j * b : (j + 1) * b].permute(0, 3, 1, 2)
+            out = F.conv2d(images, self._oihw(weight[j], gemm), None, 1, 1)
+            z[j * b : (j + 1) * b].copy_(out.permute(0, 2, 3, 1))
+        return z.view(t, b * h * w, o)
+
+    def _conv_backward(
+        self,
+        dz: Tensor,
+        a: Tensor,
+        weight: Tensor,
+        gemm: bool,
+        t: int,
+        grad_weight: Tensor,
+        need_input: bool,
+        key: str,
+    ) -> Tensor:
+        """The adjoint of `_conv`: writes dL/dW into `grad_weight` (T, ...) and returns dL/da
+        (T*B, H, W, C) when `need_input` (else an empty tensor)."""
+        n, h, w, c = a.size(0), a.size(1), a.size(2), a.size(3)
+        b = n // t
+        o = dz.size(2)
+        da = torch.empty([0], dtype=a.dtype, device=a.device)
+        if need_input and t > 1:
+            da = self._buf("da" + key, [n, h, w, c], a)
+        for j in range(t):
+            g = dz[j].view(b, h, w, o).permute(0, 3, 1, 2)
+            images = a[j * b : (j + 1) * b].permute(0, 3, 1, 2)
+            grads = torch.ops.aten.convolution_backward(
+                g, images, self._oihw(weight[j], gemm), None,
+                [1, 1], [1, 1], [1, 1], False, [0, 0], 1, [need_input, True, False],
+            )  # fmt: skip
+            dw = grads[1]
+            if gemm:
+                grad_weight[j].copy_(dw.permute(2, 3, 1, 0))
+            else:
+                grad_weight[j].copy_(dw)
+            if need_input:
+                dx = grads[0].permute(0, 2, 3, 1)
+                if t == 1:
+                    da = dx
+                else:
+                    da[j * b : (j + 1) * b].copy_(dx)
+        return da
+
     def _maxpool(self, a: Tensor) -> Tensor:
         """2x2 stride-2 max pool, TF 'same' (ceil) padding, of a non-negative (N, H, W, C)."""
         n, h, w, c = a.size(0), a.size(1), a.size(2), a.size(3)
@@ -185,32 +248,44 @@ class ConvNetKernel(nn.Module):
         """
         t, b, c, h, w = x.size(0), x.size(1), x.size(2), x.size(3), x.size(4)
         n = t * b
-        ap, interior, top, left = self._padded(n, h, w, c, "pad0", x)
+        if self.native:  # unpadded channels-last input: the convolution pads
+            ap = self._buf("in0", [n, h, w, c], x)
+            interior, top, left = ap, 1, 1
+        else:
+            ap, interior, top, left = self._padded(n, h, w, c, "pad0", x)
         interior.view(t, b, h, w, c).copy_(x.permute(0, 1, 3, 4, 2))
         saved: list[Tensor] = []
         dims: list[list[int]] = []
         a = interior
         for i in range(self.layers):
-            hp, wp = ap.size(1), ap.size(2)
-            ho, wo = (hp - 3) // self.stride + 1, (wp - 3) // self.stride + 1
-            s = self.stride
-            # im2col: the (kh, kw, c) patch of every output position, one strided copy.
-            patches = ap.as_strided(
-                [n, ho, wo, 3, 3, c], [hp * wp * c, s * wp * c, s * c, wp * c, c, 1]
-            )
-            cols = self._buf("cols" + str(i), [n, ho, wo, 3, 3, c], x).copy_(patches)
             weight = params[4 * i]
-            if gemm:
-                o = weight.size(4)
-                wm = weight.reshape(t, 9 * c, o)
+            o = weight.size(4) if gemm else weight.size(1)
+            if self.native:
+                hp, wp, ho, wo = h + 2, w + 2, h, w
+                cols, wm = a, weight  # what the backward needs: the input and the weights
+                z = self._conv(a, weight, gemm, t, b, "z" + str(i))
             else:
-                o = weight.size(1)
-                wm = weight.permute(0, 3, 4, 2, 1).reshape(t, 9 * c, o)
+                hp, wp = ap.size(1), ap.size(2)
+                ho, wo = (hp - 3) // self.stride + 1, (wp - 3) // self.stride + 1
+                s = self.stride
+                # im2col: the (kh, kw, c) patch of every output position, one strided copy.
+                patches = ap.as_strided(
+                    [n, ho, wo, 3, 3, c], [hp * wp * c, s * wp * c, s * c, wp * c, c, 1]
+                )
+                cols = self._buf("cols" + str(i), [n, ho, wo, 3, 3, c], x).copy_(patches)
+                if gemm:
+                    wm = weight.reshape(t, 9 * c, o)
+                else:
+                    wm = weight.permute(0, 3, 4, 2, 1).reshape(t, 9 * c, o)
+                # z = cols @ W (the conv bias cancels in BatchNorm)
+                z = torch.bmm(
+                    cols.view(t, b * ho * wo, 9 * c),
+                    wm,
+                    out=self._buf("z" + str(i), [t, b * ho * wo, o], x),
+                )
             m = b * ho * wo
             m_all = batch * ho * wo
-            # z = cols @ W (the conv bias cancels in BatchNorm). Two-pass moments; z is centred
-            # in place and kept for the backward.
-            z = torch.bmm(cols.view(t, m, 9 * c), wm, out=self._buf("z" + str(i), [t, m, o], x))
+            # Two-pass moments; z is centred in place and kept for the backward.
             total = z.sum(1, keepdim=True)
             if comm >= 0:
                 total = _allreduce(comm, rank, total)
@@ -226,11 +301,11 @@ class ConvNetKernel(nn.Module):
             scale = gamma * r
             last = i + 1 == self.layers
             ap_next, top_next, left_next = ap, top, left
-            if self.pool or last:
+            if self.pool or last or self.native:
                 y = self._buf("y" + str(i), [n, ho, wo, o], x)
                 torch.addcmul(beta, z, scale, out=y.view(t, m, o)).relu_()
                 pooled = self._maxpool(y) if self.pool else y
-                if not last:
+                if not last and not self.native:
                     ap_next, inner, top_next, left_next = self._padded(
                         n, pooled.size(1), pooled.size(2), o, "pad" + str(i + 1), x
                     )
@@ -340,6 +415,9 @@ class ConvNetKernel(nn.Module):
                 grads[4 * i + 2].zero_()
                 grads[4 * i + 3].zero_()
             grads[4 * i + 1].zero_()  # the conv bias: BatchNorm cancels it exactly
+            if self.native:
+                da = self._conv_backward(dz, cols, wm, gemm, t, grads[4 * i], i > 0, str(i))
+                continue
             dwm = torch.bmm(
                 cols.view(t, m, 9 * c).transpose(1, 2),
                 dz,
