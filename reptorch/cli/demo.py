@@ -3,6 +3,9 @@
 Draw a few symbols as new classes, one to five drawings each, and a query: the network is
 fine-tuned on the drawings exactly as `reptorch eval` fine-tunes on a task, and the query's class
 probabilities appear after every stroke. Needs the `demo` extra (FastAPI, uvicorn).
+
+`--export DIR` writes the same page as a static site instead, fine-tuning in the visitor's
+browser (reptorch/demo/export.py): nothing to serve but files, no extra needed.
 """
 
 from __future__ import annotations
@@ -28,6 +31,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     source.add_argument("--checkpoint", help="run directory of an Omniglot `reptorch train`")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (%(default)s)")
     parser.add_argument("--port", type=int, default=8000, help="port (default: %(default)s)")
+    parser.add_argument(
+        "--export",
+        metavar="DIR",
+        help="instead of serving, write a static site to DIR that fine-tunes in the browser "
+        "(publish it by copying DIR to any static host)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -39,7 +48,26 @@ def load_model(args: argparse.Namespace):
     return from_pretrained(args.model or DEFAULT_MODEL)
 
 
+def export(args: argparse.Namespace) -> int:
+    """`--export DIR`: the static site, and how to look at it and publish it."""
+    from reptorch.demo.export import export_site
+
+    model = load_model(args)
+    summary = export_site(model, args.export)
+    mib = 1 << 20
+    print(
+        f"reptorch demo: wrote {summary.directory} ({summary.total_bytes / mib:.2f} MiB: "
+        f"model {summary.weights_bytes / mib:.2f} MiB, page and engine "
+        f"{summary.engine_bytes / 1024:.0f} KiB) for {model.name}"
+    )
+    print(f"reptorch demo: try it: python3 -m http.server -d {summary.directory} 8000")
+    print(f"reptorch demo: publish it: copy {summary.directory} to any static host")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.export:
+        return export(args)
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"--port {args.port}: choose a port from 0 to 65535")
     try:

@@ -31,11 +31,11 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from reptorch.demo.engine import MAX_SHOTS, Engine
 from reptorch.demo.render import RenderCache
+from reptorch.demo.strokes import EXAMPLES, load_examples  # noqa: F401 (re-exported)
 from reptorch.errors import ReptorchError
 
 HERE = Path(__file__).parent
 STATIC = HERE / "static"
-EXAMPLES = HERE / "examples"
 MAX_BODY = 1 << 20  # bytes of one request body
 MAX_STROKES = 64  # strokes in one drawing
 MAX_POINTS = 4000  # points in one drawing, all strokes together
@@ -340,15 +340,3 @@ class BackgroundServer:
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(10)
-
-
-def load_examples() -> dict[str, Any]:
-    """The shipped example drawings: {"source", "classes": [{"name", "drawings"}]}."""
-    from reptorch.demo.strokes import parse
-
-    classes = []
-    for folder in sorted(p for p in EXAMPLES.iterdir() if p.is_dir()):
-        files = sorted(folder.glob("*.txt"))
-        drawings = [parse(f.read_text(), f.name) for f in files]
-        classes.append({"name": folder.name, "drawings": drawings})
-    return {"source": (EXAMPLES / "README.md").read_text().splitlines()[0], "classes": classes}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import zipfile
 from pathlib import Path
+from typing import Any
 
 from reptorch.errors import DataError
 
@@ -58,3 +59,16 @@ def read_zip(path: Path) -> dict[str, Drawing]:
     if not drawings:
         raise DataError(f"{path} holds no Omniglot stroke files (<alphabet>/<character>/*.txt)")
     return drawings
+
+
+EXAMPLES = Path(__file__).parent / "examples"  # shipped drawings, one folder per character
+
+
+def load_examples() -> dict[str, Any]:
+    """The shipped example drawings: {"source", "classes": [{"name", "drawings"}]}."""
+    classes = []
+    for folder in sorted(p for p in EXAMPLES.iterdir() if p.is_dir()):
+        files = sorted(folder.glob("*.txt"))
+        drawings = [parse(f.read_text(), f.name) for f in files]
+        classes.append({"name": folder.name, "drawings": drawings})
+    return {"source": (EXAMPLES / "README.md").read_text().splitlines()[0], "classes": classes}

@@ -1,8 +1,10 @@
-// reptorch demo page: drawing boxes (pointer events), calls to the JSON API, bars and loss curve.
+// reptorch demo page: drawing boxes (pointer events), bars and loss curve. The same page serves
+// `reptorch demo` (answers from its JSON API) and the static export (answers computed in the
+// page): static/browser.js holds both backends, chosen by the page's reptorch-engine meta tag.
 "use strict";
 
 const SIZE = 120; // drawing box side in CSS pixels; strokes are sent in these coordinates
-const state = { ways: 3, shots: 1, maxWays: 5, maxShots: 5, drawings: new Map(), seq: 0, examples: null };
+const state = { backend: null, ways: 3, shots: 1, maxWays: 5, maxShots: 5, drawings: new Map(), seq: 0, examples: null };
 const $ = (id) => document.getElementById(id);
 
 function key(c, k) { return c === "q" ? "q" : `${c}/${k}`; }
@@ -122,15 +124,6 @@ function build() {
   update();
 }
 
-async function post(path, body) {
-  const response = await fetch(path, {
-    method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body),
-  });
-  const data = await response.json();
-  if (!response.ok) throw new Error(data.detail || response.statusText);
-  return data;
-}
-
 function clearResults(message) {
   $("bars").replaceChildren();
   $("loss-curve").replaceChildren();
@@ -150,7 +143,7 @@ async function update() {
     if (filled.length === all.length - 1 && !state.drawings.has("q")) {
       // Every class drawn, no query yet: fine-tune now, so the query's strokes only classify.
       clearResults("Fine-tuning on your classes...");
-      const data = await post("/api/fine-tune", { support });
+      const data = await state.backend.fineTune(support);
       if (seq !== state.seq) return;
       data.support.forEach((shots, c) => shots.forEach((bits, k) => showSeen(key(c, k), bits)));
       showLoss(data.losses);
@@ -161,12 +154,12 @@ async function update() {
     if (filled.length < all.length) {
       clearResults(filled.length ? "Draw in every box to see the prediction." : "Draw in every box.");
       if (!filled.length) return;
-      const data = await post("/api/render", { drawings: filled.map((k) => state.drawings.get(k)) });
+      const data = await state.backend.render(filled.map((k) => state.drawings.get(k)));
       if (seq !== state.seq) return;
       filled.forEach((k, i) => showSeen(k, data.images[i]));
       return;
     }
-    const data = await post("/api/predict", { support, query: state.drawings.get("q") });
+    const data = await state.backend.predict(support, state.drawings.get("q"));
     if (seq !== state.seq) return;
     data.images.support.forEach((shots, c) => shots.forEach((bits, k) => showSeen(key(c, k), bits)));
     showSeen("q", data.images.query);
@@ -211,7 +204,7 @@ function showLoss(losses) {
 }
 
 async function fillExamples() {
-  if (!state.examples) state.examples = await (await fetch("/api/examples")).json();
+  if (!state.examples) state.examples = await state.backend.examples();
   const classes = state.examples.classes.slice().sort(() => Math.random() - 0.5).slice(0, state.ways);
   const scale = (drawing) => drawing.map((s) => s.map(([x, y]) => [x * SIZE / 105, y * SIZE / 105]));
   classes.forEach((cls, c) => {
@@ -229,11 +222,21 @@ function fillSelect(select, from, to, value) {
 }
 
 async function main() {
-  const info = await (await fetch("/api/info")).json();
+  try {
+    state.backend = await ReptorchBackends.choose();
+  } catch (error) {
+    $("status").textContent = `Error: ${error.message}`;
+    document.body.dataset.ready = "error";
+    return;
+  }
+  window.reptorchDemo = state; // for tests and benchmarks: state.backend answers as the page does
+  const info = await state.backend.info();
+  if (!state.backend.apiDocs) $("api-link").remove();
   state.maxWays = info.ways;
   state.maxShots = info.max_shots;
   state.ways = Math.min(3, info.ways);
-  $("model").textContent = `model: ${info.model}; ${info.inner_steps} fine-tuning steps`;
+  const where = info.engine === "browser" ? "in your browser" : "on the server";
+  $("model").textContent = `model: ${info.model}; ${info.inner_steps} fine-tuning steps, ${where}`;
   fillSelect($("ways"), 2, state.maxWays, state.ways);
   fillSelect($("shots"), 1, state.maxShots, state.shots);
   $("ways").addEventListener("change", (e) => { state.ways = Number(e.target.value); build(); });

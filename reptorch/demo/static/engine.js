@@ -1,0 +1,381 @@
+// The demo's fine-tuning and prediction in the browser: reptorch.demo.engine.Engine in float64.
+//
+// The network is the paper's Omniglot net (reptorch.models.OmniglotNet): 28x28x1 -> 4 x [conv 3x3
+// stride 2 with TensorFlow 'same' padding -> BatchNorm on the batch's statistics (eps 1e-3) ->
+// ReLU] -> 2x2x64 -> dense to `classes` logits. Fine-tuning is Engine's: `inner_iters` steps of
+// the inner optimiser (Adam with the run's betas, from the carried state) on the mini-batches the
+// Python engine draws from its fixed seed (shipped in model.json, not re-drawn here), with the
+// run's cross-entropy (sum or mean, over all `classes` logits); the query is classified in one
+// batch with the whole support set and its probabilities are the softmax over the task's N logits.
+//
+// Activations are channels-last (NHWC); conv weights [ky][kx][in][out]; the dense weight
+// [class][(y * 2 + x) * filters + channel] (the export permutes PyTorch's layouts into these).
+// A mini-batch holding the same image twice is computed once with multiplicity 2 in the batch
+// statistics and the loss: the same function, ~40% less work for 1-shot tasks.
+"use strict";
+
+const ReptorchEngine = (() => {
+  const BN_EPS = 1e-3;
+  const KERNEL = 3, STRIDE = 2;
+
+  // TensorFlow 'same' padding before the first row/column (reptorch.models.same_padding).
+  function padBefore(size) {
+    const out = Math.ceil(size / STRIDE);
+    return Math.floor(Math.max((out - 1) * STRIDE + KERNEL - size, 0) / 2);
+  }
+
+  class Net {
+    constructor(meta) {
+      this.classes = meta.classes;
+      this.filters = meta.filters;
+      this.sides = [28];
+      for (let l = 0; l < 4; l++) this.sides.push(Math.ceil(this.sides[l] / STRIDE));
+      this.features = this.sides[4] * this.sides[4] * this.filters;
+      this.names = meta.parameters.map((p) => p.name);
+    }
+
+    // Forward pass of n distinct images (Float64Array n*784) with multiplicities `counts`
+    // (their weight in the batch statistics): the logits (n * classes) and what backward needs.
+    forward(params, images, counts, n) {
+      const F = this.filters;
+      const layers = [];
+      let x = images, channels = 1;
+      for (let l = 0; l < 4; l++) {
+        const H = this.sides[l], O = this.sides[l + 1];
+        const [w, b, gamma, beta] = params.slice(4 * l, 4 * l + 4);
+        const z = conv(x, n, H, channels, w, b, O, F);
+        const { xhat, invstd } = batchNorm(z, n, O * O, F, counts);
+        const y = new Float64Array(z.length);
+        for (let i = 0, p = 0; i < n * O * O; i++) {
+          for (let c = 0; c < F; c++, p++) {
+            const v = gamma[c] * xhat[p] + beta[c];
+            y[p] = v > 0 ? v : 0;
+          }
+        }
+        layers.push({ x, channels, H, O, xhat, invstd, y });
+        x = y;
+        channels = F;
+      }
+      const w = params[16], b = params[17], K = this.classes, D = this.features;
+      const logits = new Float64Array(n * K);
+      for (let i = 0; i < n; i++) {
+        for (let k = 0; k < K; k++) {
+          let s = b[k];
+          const row = k * D, col = i * D;
+          for (let f = 0; f < D; f++) s += w[row + f] * x[col + f];
+          logits[i * K + k] = s;
+        }
+      }
+      return { logits, layers, features: x };
+    }
+
+    // Gradients of the loss (whose gradient wrt the logits is dlogits) for every parameter.
+    backward(params, cache, dlogits, counts, n) {
+      const F = this.filters, K = this.classes, D = this.features;
+      const grads = params.map((p) => new Float64Array(p.length));
+      const w = params[16], h = cache.features;
+      let dy = new Float64Array(n * D);
+      for (let i = 0; i < n; i++) {
+        for (let k = 0; k < K; k++) {
+          const g = dlogits[i * K + k];
+          grads[17][k] += g;
+          if (g === 0) continue;
+          const row = k * D, col = i * D;
+          for (let f = 0; f < D; f++) {
+            grads[16][row + f] += g * h[col + f];
+            dy[col + f] += g * w[row + f];
+          }
+        }
+      }
+      for (let l = 3; l >= 0; l--) {
+        const { x, channels, H, O, xhat, invstd, y } = cache.layers[l];
+        const gamma = params[4 * l + 2];
+        const dgamma = grads[4 * l + 2], dbeta = grads[4 * l + 3];
+        const positions = O * O;
+        const dxhat = new Float64Array(dy.length);
+        const s1 = new Float64Array(F), s2 = new Float64Array(F);
+        for (let i = 0, p = 0; i < n * positions; i++) {
+          for (let c = 0; c < F; c++, p++) {
+            const g = y[p] > 0 ? dy[p] : 0; // ReLU
+            dgamma[c] += g * xhat[p];
+            dbeta[c] += g;
+            const d = g * gamma[c];
+            dxhat[p] = d;
+            s1[c] += d;
+            s2[c] += d * xhat[p];
+          }
+        }
+        let total = 0;
+        for (let i = 0; i < n; i++) total += counts[i] * positions;
+        const dz = dxhat; // in place: dz = invstd / M * (M dxhat - count (s1 + xhat s2))
+        for (let i = 0, p = 0; i < n; i++) {
+          const m = counts[i];
+          for (let q = 0; q < positions; q++) {
+            for (let c = 0; c < F; c++, p++) {
+              dz[p] = (invstd[c] / total) * (total * dxhat[p] - m * s1[c] - m * xhat[p] * s2[c]);
+            }
+          }
+        }
+        const dx = l > 0 ? new Float64Array(x.length) : null;
+        convBackward(x, n, H, channels, params[4 * l], O, F, dz, grads[4 * l], grads[4 * l + 1], dx);
+        dy = dx;
+      }
+      return grads;
+    }
+  }
+
+  // The (input position, output position) pairs of each 3x3 tap for a layer of side H:
+  // taps[ky * 3 + kx] = [in0, out0, in1, out1, ...] (positions row-major, TF 'same' padding).
+  const tapCache = new Map();
+  function taps(H) {
+    if (tapCache.has(H)) return tapCache.get(H);
+    const O = Math.ceil(H / STRIDE), pad = padBefore(H), all = [];
+    for (let ky = 0; ky < KERNEL; ky++) {
+      for (let kx = 0; kx < KERNEL; kx++) {
+        const pairs = [];
+        for (let oy = 0; oy < O; oy++) {
+          const iy = oy * STRIDE + ky - pad;
+          if (iy < 0 || iy >= H) continue;
+          for (let ox = 0; ox < O; ox++) {
+            const ix = ox * STRIDE + kx - pad;
+            if (ix >= 0 && ix < H) pairs.push(iy * H + ix, oy * O + ox);
+          }
+        }
+        all.push(Int32Array.from(pairs));
+      }
+    }
+    tapCache.set(H, all);
+    return all;
+  }
+
+  // z[n, oy, ox, f] = b[f] + sum over the 3x3 window and input channels (TF 'same' padding).
+  // Per output position, its nonzero inputs (ReLU zeros and ink pixels add nothing) are taken
+  // four at a time, so that each pass over the 64 outputs does four multiply-adds per store.
+  function conv(x, n, H, C, w, b, O, F) {
+    const z = new Float64Array(n * O * O * F);
+    const pad = padBefore(H);
+    const av = new Float64Array(KERNEL * KERNEL * C), rows = new Int32Array(KERNEL * KERNEL * C);
+    for (let i = 0; i < n; i++) {
+      for (let oy = 0; oy < O; oy++) {
+        for (let ox = 0; ox < O; ox++) {
+          const out = ((i * O + oy) * O + ox) * F;
+          let m = 0;
+          for (let ky = 0; ky < KERNEL; ky++) {
+            const iy = oy * STRIDE + ky - pad;
+            if (iy < 0 || iy >= H) continue;
+            for (let kx = 0; kx < KERNEL; kx++) {
+              const ix = ox * STRIDE + kx - pad;
+              if (ix < 0 || ix >= H) continue;
+              const inp = ((i * H + iy) * H + ix) * C, wk = (ky * KERNEL + kx) * C * F;
+              for (let c = 0; c < C; c++) {
+                const a = x[inp + c];
+                if (a !== 0) { av[m] = a; rows[m++] = wk + c * F; }
+              }
+            }
+          }
+          for (let f = 0; f < F; f++) z[out + f] = b[f];
+          let j = 0;
+          for (; j + 4 <= m; j += 4) {
+            const a0 = av[j], a1 = av[j + 1], a2 = av[j + 2], a3 = av[j + 3];
+            const r0 = rows[j], r1 = rows[j + 1], r2 = rows[j + 2], r3 = rows[j + 3];
+            for (let f = 0; f < F; f++) {
+              z[out + f] += a0 * w[r0 + f] + a1 * w[r1 + f] + a2 * w[r2 + f] + a3 * w[r3 + f];
+            }
+          }
+          for (; j < m; j++) {
+            const a = av[j], r = rows[j];
+            for (let f = 0; f < F; f++) z[out + f] += a * w[r + f];
+          }
+        }
+      }
+    }
+    return z;
+  }
+
+  // dw, db (accumulated) and dx (when given) of `conv` for the output gradient dz. Per weight
+  // row (tap, input channel), the output positions whose input is nonzero are taken four at a
+  // time: one pass over the 64 outputs updates the row and four input gradients. Where an input
+  // is 0 its dx is not computed: every such input is a ReLU output of 0, whose gradient the
+  // ReLU below discards (layer 0, the image, needs no dx).
+  function convBackward(x, n, H, C, w, O, F, dz, dw, db, dx) {
+    for (let p = 0; p < dz.length; p += F) for (let f = 0; f < F; f++) db[f] += dz[p + f];
+    const all = taps(H);
+    const most = n * O * O;
+    const av = new Float64Array(most), outs = new Int32Array(most), ins = new Int32Array(most);
+    for (let t = 0; t < all.length; t++) {
+      const pairs = all[t];
+      for (let c = 0; c < C; c++) {
+        const r = (t * C + c) * F;
+        let m = 0;
+        for (let i = 0; i < n; i++) {
+          for (let q = 0; q < pairs.length; q += 2) {
+            const inp = (i * H * H + pairs[q]) * C + c;
+            const a = x[inp];
+            if (a !== 0) { av[m] = a; ins[m] = inp; outs[m++] = (i * O * O + pairs[q + 1]) * F; }
+          }
+        }
+        let j = 0;
+        for (; j + 4 <= m; j += 4) {
+          const a0 = av[j], a1 = av[j + 1], a2 = av[j + 2], a3 = av[j + 3];
+          const o0 = outs[j], o1 = outs[j + 1], o2 = outs[j + 2], o3 = outs[j + 3];
+          let s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+          for (let f = 0; f < F; f++) {
+            const d0 = dz[o0 + f], d1 = dz[o1 + f], d2 = dz[o2 + f], d3 = dz[o3 + f];
+            const wf = w[r + f];
+            dw[r + f] += a0 * d0 + a1 * d1 + a2 * d2 + a3 * d3;
+            s0 += wf * d0; s1 += wf * d1; s2 += wf * d2; s3 += wf * d3;
+          }
+          if (dx) { dx[ins[j]] += s0; dx[ins[j + 1]] += s1; dx[ins[j + 2]] += s2; dx[ins[j + 3]] += s3; }
+        }
+        for (; j < m; j++) {
+          const a = av[j], o = outs[j];
+          let s = 0;
+          for (let f = 0; f < F; f++) {
+            dw[r + f] += a * dz[o + f];
+            s += w[r + f] * dz[o + f];
+          }
+          if (dx) dx[ins[j]] += s;
+        }
+      }
+    }
+  }
+
+  // Per channel, over the batch (image i counted counts[i] times) and positions: xhat and 1/std.
+  function batchNorm(z, n, positions, F, counts) {
+    const mean = new Float64Array(F), variance = new Float64Array(F), invstd = new Float64Array(F);
+    let total = 0;
+    for (let i = 0, p = 0; i < n; i++) {
+      total += counts[i] * positions;
+      for (let q = 0; q < positions; q++) for (let c = 0; c < F; c++, p++) mean[c] += counts[i] * z[p];
+    }
+    for (let c = 0; c < F; c++) mean[c] /= total;
+    for (let i = 0, p = 0; i < n; i++) {
+      for (let q = 0; q < positions; q++) {
+        for (let c = 0; c < F; c++, p++) {
+          const d = z[p] - mean[c];
+          variance[c] += counts[i] * d * d;
+        }
+      }
+    }
+    for (let c = 0; c < F; c++) invstd[c] = 1 / Math.sqrt(variance[c] / total + BN_EPS);
+    const xhat = new Float64Array(z.length);
+    for (let p = 0; p < z.length; p += F) for (let c = 0; c < F; c++) xhat[p + c] = (z[p + c] - mean[c]) * invstd[c];
+    return { xhat, invstd };
+  }
+
+  // Softmax cross-entropy of each image's label over all logits, weighted by its count: the
+  // loss (summed, or the mean over the batch of `batch` images) and its gradient wrt the logits.
+  function crossEntropy(logits, labels, counts, n, K, reduction, batch) {
+    const scale = reduction === "mean" ? 1 / batch : 1;
+    const dlogits = new Float64Array(n * K);
+    let loss = 0;
+    for (let i = 0; i < n; i++) {
+      let top = -Infinity;
+      for (let k = 0; k < K; k++) top = Math.max(top, logits[i * K + k]);
+      let sum = 0;
+      for (let k = 0; k < K; k++) sum += Math.exp(logits[i * K + k] - top);
+      const lse = top + Math.log(sum);
+      loss += counts[i] * (lse - logits[i * K + labels[i]]);
+      for (let k = 0; k < K; k++) {
+        const p = Math.exp(logits[i * K + k] - lse);
+        dlogits[i * K + k] = counts[i] * scale * (p - (k === labels[i] ? 1 : 0));
+      }
+    }
+    return { loss: loss * scale, dlogits };
+  }
+
+  class Engine {
+    // meta: model.json; buffer: weights.bin (float32: phi, then the inner state's first and
+    // second moments, each in meta.parameters' order and layouts).
+    constructor(meta, buffer) {
+      this.meta = meta;
+      this.net = new Net(meta);
+      const all = new Float32Array(buffer);
+      let offset = 0;
+      const take = () => meta.parameters.map((p) => {
+        const part = Float64Array.from(all.subarray(offset, offset + p.size));
+        offset += p.size;
+        return part;
+      });
+      this.phi = take();
+      const optimizer = meta.optimizer;
+      this.exp_avg = optimizer.name === "adam" ? take() : null;
+      this.exp_avg_sq = optimizer.name === "adam" ? take() : null;
+      if (offset !== all.length) throw new Error(`weights.bin holds ${all.length} numbers, model.json says ${offset}`);
+    }
+
+    // The shipped mini-batch indices (Engine.indices) for N-way K-shot: inner_iters x batch.
+    indices(ways, shots) {
+      const table = this.meta.indices[`${ways}x${shots}`];
+      if (!table) throw new Error(`${ways}-way ${shots}-shot is not in this export`);
+      return table;
+    }
+
+    // Fine-tunes on the support images (Float32Array(784) each, class-major: ways x shots):
+    // { params, losses } as Engine's inner loop.
+    fineTune(images, ways, shots) {
+      const meta = this.meta, net = this.net, opt = meta.optimizer;
+      let params = this.phi.map((p) => p.slice());
+      const m = this.exp_avg && this.exp_avg.map((p) => p.slice());
+      const v = this.exp_avg_sq && this.exp_avg_sq.map((p) => p.slice());
+      let step = opt.step;
+      const losses = [];
+      for (const batch of this.indices(ways, shots)) {
+        const unique = [...new Set(batch)];
+        const counts = unique.map((u) => batch.filter((b) => b === u).length);
+        const n = unique.length;
+        const x = new Float64Array(n * 784);
+        unique.forEach((u, i) => x.set(images[u], i * 784));
+        const labels = unique.map((u) => Math.floor(u / shots));
+        if (meta.weight_decay !== 1) for (const p of params) for (let j = 0; j < p.length; j++) p[j] *= meta.weight_decay;
+        const cache = net.forward(params, x, counts, n);
+        const { loss, dlogits } = crossEntropy(cache.logits, labels, counts, n, net.classes, meta.loss_reduction, batch.length);
+        const grads = net.backward(params, cache, dlogits, counts, n);
+        step += 1;
+        params = opt.name === "adam" ? adamStep(opt, params, grads, m, v, step) : sgdStep(opt, params, grads);
+        losses.push(loss);
+      }
+      return { params, losses };
+    }
+
+    // P(query in class c) for c < ways: the query classified in one batch with the support set.
+    predict(params, images, query, ways) {
+      const n = images.length + 1;
+      const x = new Float64Array(n * 784);
+      images.forEach((image, i) => x.set(image, i * 784));
+      x.set(query, images.length * 784);
+      const { logits } = this.net.forward(params, x, new Array(n).fill(1), n);
+      const row = logits.subarray((n - 1) * this.net.classes, (n - 1) * this.net.classes + ways);
+      const top = Math.max(...row);
+      const e = Array.from(row, (l) => Math.exp(l - top));
+      const sum = e.reduce((a, b) => a + b, 0);
+      return e.map((value) => value / sum);
+    }
+  }
+
+  // Adam (reptorch.inner_optim.Adam): m <- b1 m + (1 - b1) g; v <- b2 v + (1 - b2) g^2;
+  // theta <- theta - lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps). m, v in place.
+  function adamStep(opt, params, grads, m, v, t) {
+    const stepSize = opt.lr / (1 - Math.pow(opt.beta1, t));
+    const correction = Math.sqrt(1 - Math.pow(opt.beta2, t));
+    const beta1 = opt.beta1, beta2 = opt.beta2, eps = opt.eps;
+    return params.map((p, k) => {
+      const g = grads[k], mk = m[k], vk = v[k], out = new Float64Array(p.length);
+      for (let j = 0; j < p.length; j++) {
+        const gj = g[j];
+        const mj = beta1 * mk[j] + (1 - beta1) * gj;
+        const vj = vk[j] * beta2 + (1 - beta2) * gj * gj;
+        mk[j] = mj;
+        vk[j] = vj;
+        out[j] = p[j] - stepSize * (mj / (Math.sqrt(vj) / correction + eps));
+      }
+      return out;
+    });
+  }
+
+  function sgdStep(opt, params, grads) {
+    return params.map((p, k) => p.map((value, j) => value - opt.lr * grads[k][j]));
+  }
+
+  return { Engine };
+})();
