@@ -358,6 +358,10 @@ def test_cli_archive_on_disk(
     assert main([*args, "--archive", str(archive)]) == 0
     assert "1500 images verified" in capsys.readouterr().out
     assert (root / "miniimagenet" / "images" / sorted(sample)[0]).is_file()
+    assert main(["data", "check", "miniimagenet", "--data-dir", str(root)]) == 1  # 15 per class
+    out = capsys.readouterr().out
+    assert "layout: csv" in out and "train: 64 classes, 960 images" in out
+    assert "manifest: 1500 of 1500 images are reptorch's verified copy\n" in out
     assert main([*args, "--archive", str(tmp_path / "absent.zip")]) == 1
     assert "--archive" in capsys.readouterr().err
     assert main(["data", "download", "tabular", "--archive", str(archive)]) == 1

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from reptorch.data.roots import dataset_dir, resolve_data_root
 from reptorch.errors import ConfigError, DataError
@@ -89,9 +90,15 @@ def _summary(name: str, data_dir: str | None) -> dict[str, object]:
 
         return check_omniglot(data_dir)
     if name == "miniimagenet":
+        from reptorch.data.download_miniimagenet import manifest_report
         from reptorch.data.miniimagenet import check_miniimagenet
 
-        return check_miniimagenet(resolve_data_root(data_dir))
+        summary = check_miniimagenet(resolve_data_root(data_dir))
+        if summary["layout"] is not None:
+            report = manifest_report(str(summary["layout"]), Path(str(summary["path"])))
+            if report is not None:
+                summary["manifest"] = report
+        return summary
     if name.startswith("folder:"):
         from reptorch.data.registry import load_splits
 
@@ -118,6 +125,12 @@ def _print_report(summary: dict[str, object]) -> None:
     totals = summary.get("totals")
     if totals:
         print(f"  total: {', '.join(f'{v} {k}' for k, v in totals.items())}")  # type: ignore[union-attr]
+    manifest = summary.get("manifest")
+    if isinstance(manifest, dict):  # Mini-ImageNet: which copy this is (informational)
+        print(
+            f"  manifest: {manifest['matched']} of {manifest['total']} images are reptorch's "
+            f"verified copy" + ("" if manifest["ok"] else f" ({manifest['summary']})")
+        )
     for problem in summary.get("problems", []):  # type: ignore[union-attr]
         print(f"  problem: {problem}")
     print(f"  status: {summary['status']}")

@@ -21,7 +21,7 @@ import shutil
 import tarfile
 import zipfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from tqdm import tqdm
@@ -133,15 +133,40 @@ def installed_verdict(directory: Path, manifest: Manifest) -> Verdict | None:
 
 def verify_folder(images: Path, manifest: Manifest) -> Verdict:
     """The verdict on the images in one folder (Ravi's `images/`)."""
-    present = set(os.listdir(images))
+    return verify(manifest, _digests(images.iterdir(), manifest))
+
+
+def _digests(paths: Iterable[Path], manifest: Manifest) -> dict[str, str | None]:
+    """name -> sha256 of each file the manifest lists (None if unreadable)."""
     digests: dict[str, str | None] = {}
-    for name in manifest.files:
-        if name in present:
+    for path in paths:
+        if path.name in manifest.files:
             try:
-                digests[name] = hashlib.sha256((images / name).read_bytes()).hexdigest()
+                digests[path.name] = hashlib.sha256(path.read_bytes()).hexdigest()
             except OSError:
-                digests[name] = None
-    return verify(manifest, digests)
+                digests[path.name] = None
+    return digests
+
+
+def manifest_report(layout: str, path: Path, manifest: Manifest | None = None) -> dict | None:
+    """For `reptorch data check`: how many of a set's files are the manifest's (csv and folders
+    layouts; None for zip and pickle). A copy made otherwise (other JPEG encoding, other names)
+    can be complete and sound and still match none: this says which copy it is, not whether
+    it loads."""
+    manifest = manifest or load_manifest()
+    if layout == "csv":
+        files: Iterable[Path] = (path / "images").iterdir()
+    elif layout == "folders":
+        files = (f for s in SPLITS if (path / s).is_dir() for f in (path / s).glob("*/*"))
+    else:
+        return None
+    verdict = verify(manifest, _digests(files, manifest))
+    return {
+        "matched": verdict.matched,
+        "total": verdict.total,
+        "ok": verdict.ok,
+        "summary": verdict.describe(),
+    }
 
 
 def _other_layout(directory: Path) -> str | None:
@@ -218,6 +243,8 @@ def download_miniimagenet(
     """Install the verified Mini-ImageNet in `directory` (`<root>/miniimagenet`): `images/` and
     `train.csv`, `val.csv`, `test.csv`. A copy already there is kept if it verifies (unless
     `force`). `archive` is a local zip/tar to use instead of downloading `url`."""
+    if archive is not None and not Path(archive).expanduser().is_file():
+        raise DataError(f"--archive {archive}: no such file (give the path of a zip or tar)")
     manifest = manifest or load_manifest()
     _prepare(directory)
     if not force:
@@ -230,8 +257,6 @@ def download_miniimagenet(
     tmp = None
     if archive is not None:
         source, origin = Path(archive).expanduser(), str(archive)
-        if not source.is_file():
-            raise DataError(f"--archive {archive}: no such file")
     else:
         origin = miniimagenet_url(url)
         hint = "download the archive by hand and pass it with --archive PATH"
