@@ -6,6 +6,7 @@ fine-tuning gives `Engine`'s probabilities, and drawing strokes into it classifi
 from __future__ import annotations
 
 import functools
+import hashlib
 import http.server
 import json
 import threading
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 
 from reptorch.demo.engine import Engine
-from reptorch.demo.export import FORMAT, export_site
+from reptorch.demo.export import FORMAT, STATIC, export_site
 from reptorch.demo.render import render
 from reptorch.demo.server import encode
 from reptorch.demo.strokes import load_examples
@@ -83,8 +84,15 @@ def page(browser, site):
 
 
 @pytest.fixture(scope="module")
-def engine(trained_demo_model) -> Engine:
-    return Engine(trained_demo_model, workers=1)
+def engine(trained_demo_model):
+    """The Python engine on one thread, as `reptorch demo` runs it: two intra-op threads stall
+    for seconds on a machine whose other core is busy (reptorch.cli.common.cpu_threads)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield Engine(trained_demo_model, workers=1)
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -184,6 +192,33 @@ def test_browser_probabilities_match_the_engine(page, examples, engine, classes,
     np.testing.assert_allclose(first["losses"], expected.losses, rtol=1e-4, atol=1e-5)
     assert first["predicted"] == expected.predicted
     assert max(expected.probabilities) < 0.999 or shots == 5  # not a saturated, easy case
+
+
+def test_browser_engine_kernels_agree_and_were_built_from_their_source(page, examples):
+    """The WebAssembly kernels the page uses and the JavaScript fallback give the same
+    fine-tuning; static/kernels.js was built from the static/kernels.wat beside it."""
+    support = [[examples[c][0]] for c in (0, 2, 4)]
+    got = page.evaluate(
+        """([support, query]) => {
+            const backend = window.reptorchDemo.backend;
+            const images = support.flat().map((d) => ReptorchRender.render(d));
+            const q = ReptorchRender.render(query);
+            const meta = backend.engine.meta;
+            const js = new ReptorchEngine.Engine(meta, backend.weights, "javascript");
+            return [backend.engine, js].map((engine) => {
+                const { params, losses } = engine.fineTune(images, 3, 1);
+                return { kernels: engine.kernels, losses, p: engine.predict(params, images, q, 3) };
+            });
+        }""",
+        [support, examples[0][5]],
+    )
+    assert [g["kernels"] for g in got] == ["webassembly", "javascript"]
+    np.testing.assert_allclose(got[0]["p"], got[1]["p"], atol=1e-9, rtol=0)
+    np.testing.assert_allclose(got[0]["losses"], got[1]["losses"], rtol=1e-9)
+    built = (STATIC / "kernels.js").read_text()
+    assert hashlib.sha256((STATIC / "kernels.wat").read_bytes()).hexdigest() in built, (
+        "static/kernels.wat changed: rebuild kernels.js (python -m bench.build_kernels)"
+    )
 
 
 def test_exported_page_classifies_drawn_strokes_offline(page, examples):

@@ -48,7 +48,8 @@ const ReptorchBackends = (() => {
       const response = await fetch(meta.weights);
       if (!response.ok) throw new Error(`${meta.weights}: ${response.status} ${response.statusText}`);
       this.meta = meta;
-      this.engine = new ReptorchEngine.Engine(meta, await response.arrayBuffer());
+      this.weights = await response.arrayBuffer();
+      this.engine = new ReptorchEngine.Engine(meta, this.weights);
       return this;
     }
 
@@ -58,6 +59,7 @@ const ReptorchBackends = (() => {
         model: meta.model, ways: meta.classes, max_shots: meta.max_shots,
         inner_steps: meta.inner_steps, inner_batch: meta.inner_batch,
         learning_rate: meta.learning_rate, limits: LIMITS, engine: "browser",
+        kernels: this.engine.kernels,
       };
     }
 

@@ -25,7 +25,8 @@ const ReptorchEngine = (() => {
   }
 
   class Net {
-    constructor(meta) {
+    constructor(meta, kernels) {
+      this.kernels = kernels;
       this.classes = meta.classes;
       this.filters = meta.filters;
       this.sides = [28];
@@ -37,13 +38,15 @@ const ReptorchEngine = (() => {
     // Forward pass of n distinct images (Float64Array n*784) with multiplicities `counts`
     // (their weight in the batch statistics): the logits (n * classes) and what backward needs.
     forward(params, images, counts, n) {
-      const F = this.filters;
+      const F = this.filters, kern = this.kernels;
+      kern.reset(this.bytes(n));
       const layers = [];
       let x = images, channels = 1;
       for (let l = 0; l < 4; l++) {
         const H = this.sides[l], O = this.sides[l + 1];
-        const [w, b, gamma, beta] = params.slice(4 * l, 4 * l + 4);
-        const z = conv(x, n, H, channels, w, b, O, F);
+        const [, b, gamma, beta] = params.slice(4 * l, 4 * l + 4);
+        const w = kern.copy(params[4 * l]);
+        const z = conv(kern, x, n, H, channels, w, b, O, F);
         const { xhat, invstd } = batchNorm(z, n, O * O, F, counts);
         const y = new Float64Array(z.length);
         for (let i = 0, p = 0; i < n * O * O; i++) {
@@ -52,7 +55,7 @@ const ReptorchEngine = (() => {
             y[p] = v > 0 ? v : 0;
           }
         }
-        layers.push({ x, channels, H, O, xhat, invstd, y });
+        layers.push({ x, w, channels, H, O, xhat, invstd, y });
         x = y;
         channels = F;
       }
@@ -69,10 +72,20 @@ const ReptorchEngine = (() => {
       return { logits, layers, features: x };
     }
 
+    // Bytes of kernel memory a forward and backward pass of n images may use (generous).
+    bytes(n) {
+      let total = 0;
+      for (let l = 0; l < 4; l++) {
+        const H = this.sides[l], O = this.sides[l + 1], C = l ? this.filters : 1;
+        total += 4 * n * (O * O * this.filters + H * H * C) + 3 * 9 * C * this.filters + 9 * C;
+      }
+      return 8 * total + 65536;
+    }
+
     // Gradients of the loss (whose gradient wrt the logits is dlogits) for every parameter.
     backward(params, cache, dlogits, counts, n) {
-      const F = this.filters, K = this.classes, D = this.features;
-      const grads = params.map((p) => new Float64Array(p.length));
+      const F = this.filters, K = this.classes, D = this.features, kern = this.kernels;
+      const grads = params.map((p, k) => (k < 16 && k % 4 === 0 ? kern.f64(p.length) : new Float64Array(p.length)));
       const w = params[16], h = cache.features;
       let dy = new Float64Array(n * D);
       for (let i = 0; i < n; i++) {
@@ -88,11 +101,11 @@ const ReptorchEngine = (() => {
         }
       }
       for (let l = 3; l >= 0; l--) {
-        const { x, channels, H, O, xhat, invstd, y } = cache.layers[l];
+        const { x, w: wl, channels, H, O, xhat, invstd, y } = cache.layers[l];
         const gamma = params[4 * l + 2];
         const dgamma = grads[4 * l + 2], dbeta = grads[4 * l + 3];
         const positions = O * O;
-        const dxhat = new Float64Array(dy.length);
+        const dxhat = kern.f64(dy.length);
         const s1 = new Float64Array(F), s2 = new Float64Array(F);
         for (let i = 0, p = 0; i < n * positions; i++) {
           for (let c = 0; c < F; c++, p++) {
@@ -116,8 +129,8 @@ const ReptorchEngine = (() => {
             }
           }
         }
-        const dx = l > 0 ? new Float64Array(x.length) : null;
-        convBackward(x, n, H, channels, params[4 * l], O, F, dz, grads[4 * l], grads[4 * l + 1], dx);
+        const dx = l > 0 ? kern.f64(x.length) : null;
+        convBackward(kern, x, n, H, channels, wl, O, F, dz, grads[4 * l], grads[4 * l + 1], dx);
         dy = dx;
       }
       return grads;
@@ -151,10 +164,10 @@ const ReptorchEngine = (() => {
   // z[n, oy, ox, f] = b[f] + sum over the 3x3 window and input channels (TF 'same' padding).
   // Per output position, its nonzero inputs (ReLU zeros and ink pixels add nothing) are taken
   // four at a time, so that each pass over the 64 outputs does four multiply-adds per store.
-  function conv(x, n, H, C, w, b, O, F) {
-    const z = new Float64Array(n * O * O * F);
+  function conv(kern, x, n, H, C, w, b, O, F) {
+    const z = kern.f64(n * O * O * F);
     const pad = padBefore(H);
-    const av = new Float64Array(KERNEL * KERNEL * C), rows = new Int32Array(KERNEL * KERNEL * C);
+    const av = kern.f64(KERNEL * KERNEL * C), rows = kern.i32(KERNEL * KERNEL * C);
     for (let i = 0; i < n; i++) {
       for (let oy = 0; oy < O; oy++) {
         for (let ox = 0; ox < O; ox++) {
@@ -174,18 +187,7 @@ const ReptorchEngine = (() => {
             }
           }
           for (let f = 0; f < F; f++) z[out + f] = b[f];
-          let j = 0;
-          for (; j + 4 <= m; j += 4) {
-            const a0 = av[j], a1 = av[j + 1], a2 = av[j + 2], a3 = av[j + 3];
-            const r0 = rows[j], r1 = rows[j + 1], r2 = rows[j + 2], r3 = rows[j + 3];
-            for (let f = 0; f < F; f++) {
-              z[out + f] += a0 * w[r0 + f] + a1 * w[r1 + f] + a2 * w[r2 + f] + a3 * w[r3 + f];
-            }
-          }
-          for (; j < m; j++) {
-            const a = av[j], r = rows[j];
-            for (let f = 0; f < F; f++) z[out + f] += a * w[r + f];
-          }
+          kern.forward(z, out, w, av, rows, m, F);
         }
       }
     }
@@ -197,15 +199,14 @@ const ReptorchEngine = (() => {
   // time: one pass over the 64 outputs updates the row and four input gradients. Where an input
   // is 0 its dx is not computed: every such input is a ReLU output of 0, whose gradient the
   // ReLU below discards (layer 0, the image, needs no dx).
-  function convBackward(x, n, H, C, w, O, F, dz, dw, db, dx) {
+  function convBackward(kern, x, n, H, C, w, O, F, dz, dw, db, dx) {
     for (let p = 0; p < dz.length; p += F) for (let f = 0; f < F; f++) db[f] += dz[p + f];
     const all = taps(H);
     const most = n * O * O;
-    const av = new Float64Array(most), outs = new Int32Array(most), ins = new Int32Array(most);
+    const av = kern.f64(most), outs = kern.i32(most), ins = kern.i32(most);
     for (let t = 0; t < all.length; t++) {
       const pairs = all[t];
       for (let c = 0; c < C; c++) {
-        const r = (t * C + c) * F;
         let m = 0;
         for (let i = 0; i < n; i++) {
           for (let q = 0; q < pairs.length; q += 2) {
@@ -214,29 +215,109 @@ const ReptorchEngine = (() => {
             if (a !== 0) { av[m] = a; ins[m] = inp; outs[m++] = (i * O * O + pairs[q + 1]) * F; }
           }
         }
-        let j = 0;
-        for (; j + 4 <= m; j += 4) {
-          const a0 = av[j], a1 = av[j + 1], a2 = av[j + 2], a3 = av[j + 3];
-          const o0 = outs[j], o1 = outs[j + 1], o2 = outs[j + 2], o3 = outs[j + 3];
-          let s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-          for (let f = 0; f < F; f++) {
-            const d0 = dz[o0 + f], d1 = dz[o1 + f], d2 = dz[o2 + f], d3 = dz[o3 + f];
-            const wf = w[r + f];
-            dw[r + f] += a0 * d0 + a1 * d1 + a2 * d2 + a3 * d3;
-            s0 += wf * d0; s1 += wf * d1; s2 += wf * d2; s3 += wf * d3;
-          }
-          if (dx) { dx[ins[j]] += s0; dx[ins[j + 1]] += s1; dx[ins[j + 2]] += s2; dx[ins[j + 3]] += s3; }
-        }
-        for (; j < m; j++) {
-          const a = av[j], o = outs[j];
-          let s = 0;
-          for (let f = 0; f < F; f++) {
-            dw[r + f] += a * dz[o + f];
-            s += w[r + f] * dz[o + f];
-          }
-          if (dx) dx[ins[j]] += s;
+        kern.backward(dz, w, (t * C + c) * F, dw, dx, av, outs, ins, m, F);
+      }
+    }
+  }
+
+  // The inner loops of `conv` and `convBackward` in JavaScript: four gathered entries per pass
+  // over the F outputs. z[out + f] += sum_j av[j] w[rows[j] + f]; for the weight row r:
+  // dw[r + f] += sum_j av[j] dz[outs[j] + f] and dx[ins[j]] += sum_f w[r + f] dz[outs[j] + f].
+  const jsLoops = {
+    forward(z, out, w, av, rows, m, F) {
+      let j = 0;
+      for (; j + 4 <= m; j += 4) {
+        const a0 = av[j], a1 = av[j + 1], a2 = av[j + 2], a3 = av[j + 3];
+        const r0 = rows[j], r1 = rows[j + 1], r2 = rows[j + 2], r3 = rows[j + 3];
+        for (let f = 0; f < F; f++) {
+          z[out + f] += a0 * w[r0 + f] + a1 * w[r1 + f] + a2 * w[r2 + f] + a3 * w[r3 + f];
         }
       }
+      for (; j < m; j++) {
+        const a = av[j], r = rows[j];
+        for (let f = 0; f < F; f++) z[out + f] += a * w[r + f];
+      }
+    },
+    backward(dz, w, r, dw, dx, av, outs, ins, m, F) {
+      let j = 0;
+      for (; j + 4 <= m; j += 4) {
+        const a0 = av[j], a1 = av[j + 1], a2 = av[j + 2], a3 = av[j + 3];
+        const o0 = outs[j], o1 = outs[j + 1], o2 = outs[j + 2], o3 = outs[j + 3];
+        let s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+        for (let f = 0; f < F; f++) {
+          const d0 = dz[o0 + f], d1 = dz[o1 + f], d2 = dz[o2 + f], d3 = dz[o3 + f];
+          const wf = w[r + f];
+          dw[r + f] += a0 * d0 + a1 * d1 + a2 * d2 + a3 * d3;
+          s0 += wf * d0; s1 += wf * d1; s2 += wf * d2; s3 += wf * d3;
+        }
+        if (dx) { dx[ins[j]] += s0; dx[ins[j + 1]] += s1; dx[ins[j + 2]] += s2; dx[ins[j + 3]] += s3; }
+      }
+      for (; j < m; j++) {
+        const a = av[j], o = outs[j];
+        let s = 0;
+        for (let f = 0; f < F; f++) {
+          dw[r + f] += a * dz[o + f];
+          s += w[r + f] * dz[o + f];
+        }
+        if (dx) dx[ins[j]] += s;
+      }
+    },
+  };
+
+  // Kernels in JavaScript: arrays on the heap.
+  function jsKernels() {
+    return {
+      name: "javascript",
+      reset() {},
+      f64: (n) => new Float64Array(n),
+      i32: (n) => new Int32Array(n),
+      copy: (array) => array,
+      ...jsLoops,
+    };
+  }
+
+  // Kernels in WebAssembly SIMD (static/kernels.wat): the arrays they touch live in its memory,
+  // handed out by a bump allocator that `reset` empties (and grows) before every forward pass.
+  function wasmKernels() {
+    const bytes = Uint8Array.from(atob(ReptorchKernels.wasm), (ch) => ch.charCodeAt(0));
+    const exports = new WebAssembly.Instance(new WebAssembly.Module(bytes)).exports;
+    const memory = exports.memory;
+    let top = 16; // 0 stands for "no dx"
+    const take = (n, size) => {
+      top = Math.ceil(top / 16) * 16;
+      const at = top;
+      top += n * size;
+      if (top > memory.buffer.byteLength) throw new Error("kernel memory exhausted");
+      return at;
+    };
+    return {
+      name: "webassembly",
+      reset(needed) {
+        const missing = Math.ceil((needed - memory.buffer.byteLength) / 65536);
+        if (missing > 0) memory.grow(missing);
+        top = 16;
+      },
+      f64(n) { const view = new Float64Array(memory.buffer, take(n, 8), n); view.fill(0); return view; },
+      i32(n) { return new Int32Array(memory.buffer, take(n, 4), n); },
+      copy(array) { const view = this.f64(array.length); view.set(array); return view; },
+      forward(z, out, w, av, rows, m, F) {
+        exports.forward(z.byteOffset + 8 * out, w.byteOffset, av.byteOffset, rows.byteOffset, m, F);
+      },
+      backward(dz, w, r, dw, dx, av, outs, ins, m, F) {
+        exports.backward(dz.byteOffset, w.byteOffset + 8 * r, dw.byteOffset + 8 * r,
+          dx ? dx.byteOffset : 0, av.byteOffset, outs.byteOffset, ins.byteOffset, m, F);
+      },
+    };
+  }
+
+  // WebAssembly where the browser runs it (and F is even, its two lanes), else JavaScript.
+  function chooseKernels(meta, wanted) {
+    if (wanted === "javascript" || meta.filters % 2 || typeof ReptorchKernels === "undefined") return jsKernels();
+    try {
+      return wasmKernels();
+    } catch (error) {
+      if (wanted === "webassembly") throw error;
+      return jsKernels();
     }
   }
 
@@ -287,9 +368,11 @@ const ReptorchEngine = (() => {
   class Engine {
     // meta: model.json; buffer: weights.bin (float32: phi, then the inner state's first and
     // second moments, each in meta.parameters' order and layouts).
-    constructor(meta, buffer) {
+    // kernels: "webassembly" or "javascript" (default: WebAssembly where it runs).
+    constructor(meta, buffer, kernels) {
       this.meta = meta;
-      this.net = new Net(meta);
+      this.net = new Net(meta, chooseKernels(meta, kernels));
+      this.kernels = this.net.kernels.name;
       const all = new Float32Array(buffer);
       let offset = 0;
       const take = () => meta.parameters.map((p) => {
