@@ -325,8 +325,15 @@ def test_leftovers_of_a_killed_run_are_removed_and_another_layout_is_refused(
     stale = tmp_path / ".images.123-0.partial"
     stale.mkdir()
     (stale / "n0153282900000005.jpg").write_bytes(b"half")
+    (tmp_path / ".miniimagenet-archive.abc.part").write_bytes(b"PK\x03\x04")
+    (tmp_path / ".train.csv.123.tmp").write_bytes(b"filename")
     download(tmp_path, f"{server.url}/ok/full.zip", manifest)
-    assert not stale.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "images",
+        "test.csv",
+        "train.csv",
+        "val.csv",
+    ]
     other = tmp_path / "other"
     (other / "train" / BAD_CLASS).mkdir(parents=True)
     with pytest.raises(DataError, match=r"already holds Mini-ImageNet in another layout"):
@@ -364,5 +371,27 @@ def test_cli_archive_on_disk(
     assert "manifest: 1500 of 1500 images are reptorch's verified copy\n" in out
     assert main([*args, "--archive", str(tmp_path / "absent.zip")]) == 1
     assert "--archive" in capsys.readouterr().err
+    assert main([*args, "--archive", str(archive), "--url", "http://127.0.0.1:9/x.zip"]) == 1
+    assert "--url and --archive both given" in capsys.readouterr().err
     assert main(["data", "download", "tabular", "--archive", str(archive)]) == 1
     assert "for miniimagenet only" in capsys.readouterr().err
+
+
+def test_an_install_that_fails_midway_puts_the_previous_copy_back(
+    server: Server, manifest: Manifest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    download(tmp_path, f"{server.url}/ok/full.zip", manifest)
+
+    def disk_full(*args: object) -> bytes:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(dl, "split_csv", disk_full)
+    with pytest.raises(DataError, match=r"cannot write Mini-ImageNet into .*No space left"):
+        download(tmp_path, f"{server.url}/ok/full.zip", manifest, force=True)
+    assert verify_installed(tmp_path, manifest)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "images",
+        "test.csv",
+        "train.csv",
+        "val.csv",
+    ]

@@ -51,6 +51,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_download(args: argparse.Namespace) -> int:
+    if args.archive is not None and args.url is not None:
+        raise ConfigError("--url and --archive both given: use one (--archive for a file on disk)")
     if args.archive is not None and args.name != "miniimagenet":
         raise ConfigError(f"--archive is for miniimagenet only, not {args.name}: use --url")
     if args.name == "miniimagenet":

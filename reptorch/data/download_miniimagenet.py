@@ -15,6 +15,7 @@ at fault, and nothing is installed: a later load never trusts a half-written set
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import shutil
@@ -43,6 +44,8 @@ from reptorch.errors import DataError
 MINIIMAGENET_URL_ENV = "REPTORCH_MINIIMAGENET_URL"
 # Hidden work folders beside images/ (no loader looks at them): the staging and the old copy.
 _PREFIX, _STAGING, _OLD = ".images.", ".partial", ".old"
+_ARCHIVE = "miniimagenet-archive"  # the download's temporary file: .miniimagenet-archive.*.part
+_TMP = ".tmp"  # a split CSV being written: .train.csv.<pid>.tmp
 
 
 def miniimagenet_url(url: str | None = None) -> str:
@@ -72,19 +75,26 @@ def _members(path: Path, origin: str) -> Iterator[tuple[str, Callable[[], bytes]
         with archive:
             for info in archive.infolist():
                 if not info.is_dir():
-                    yield info.filename, lambda info=info: archive.read(info)  # type: ignore[misc]
+                    yield info.filename, functools.partial(archive.read, info)
         return
     try:
         with tarfile.open(path, "r:*") as archive:
             for info in archive:
                 if info.isfile():
-                    yield info.name, lambda info=info: archive.extractfile(info).read()  # type: ignore[misc,union-attr]
+                    yield info.name, functools.partial(_read_tar_member, archive, info)
     except (tarfile.TarError, EOFError, zlib.error, OSError) as err:
         size = path.stat().st_size
         raise DataError(
             f"{origin} ({size} bytes) is not a complete zip or tar archive ({err}): the download "
             "was cut off or is not an archive; download it again"
         ) from None
+
+
+def _read_tar_member(archive: tarfile.TarFile, info: tarfile.TarInfo) -> bytes:
+    handle = archive.extractfile(info)
+    if handle is None:
+        raise tarfile.TarError(f"{info.name} is not a regular file")
+    return handle.read()
 
 
 def extract_verified(
@@ -148,7 +158,9 @@ def _digests(paths: Iterable[Path], manifest: Manifest) -> dict[str, str | None]
     return digests
 
 
-def manifest_report(layout: str, path: Path, manifest: Manifest | None = None) -> dict | None:
+def manifest_report(
+    layout: str, path: Path, manifest: Manifest | None = None
+) -> dict[str, object] | None:
     """For `reptorch data check`: how many of a set's files are the manifest's (csv and folders
     layouts; None for zip and pickle). A copy made otherwise (other JPEG encoding, other names)
     can be complete and sound and still match none: this says which copy it is, not whether
@@ -195,9 +207,17 @@ def _prepare(directory: Path) -> None:
             "loader would read instead: check it with `reptorch data check miniimagenet`, or "
             "move it away (or choose another --data-dir) to install the verified copy"
         )
-    for suffix in (_STAGING, _OLD):  # left by a killed earlier run
-        for stale in directory.glob(f"{_PREFIX}*{suffix}"):
-            shutil.rmtree(stale, ignore_errors=True)
+    for pattern in (
+        f"{_PREFIX}*{_STAGING}",
+        f"{_PREFIX}*{_OLD}",
+        f".*.csv.*{_TMP}",
+        f".{_ARCHIVE}.*.part",
+    ):
+        for stale in directory.glob(pattern):  # left by a killed earlier run
+            if stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
 
 
 def _work_folder(directory: Path, suffix: str) -> Path:
@@ -221,14 +241,19 @@ def _install(directory: Path, staging: Path, manifest: Manifest) -> None:
     if images.exists():
         old = _work_folder(directory, _OLD)
         os.replace(images, old / "images")
-    for split in SPLITS:
-        target = directory / f"{split}.csv"
-        tmp = directory / f".{split}.csv.{os.getpid()}.tmp"
-        tmp.write_bytes(split_csv(manifest, split))  # the umask's permissions, as for images
-        os.replace(tmp, target)
-    os.replace(staging, images)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    try:
+        for split in SPLITS:
+            tmp = directory / f".{split}.csv.{os.getpid()}{_TMP}"
+            tmp.write_bytes(split_csv(manifest, split))  # the umask's permissions, as for images
+            os.replace(tmp, directory / f"{split}.csv")
+        os.replace(staging, images)
+    except BaseException:
+        if old is not None and not images.exists():  # put the previous copy back
+            os.replace(old / "images", images)
+        raise
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def download_miniimagenet(
@@ -260,7 +285,7 @@ def download_miniimagenet(
     else:
         origin = miniimagenet_url(url)
         hint = "download the archive by hand and pass it with --archive PATH"
-        tmp = source = fetch(origin, directory / "miniimagenet-archive", progress, hint=hint)
+        tmp = source = fetch(origin, directory / _ARCHIVE, progress, hint=hint)
     staging = _work_folder(directory, _STAGING)
     try:
         verdict = extract_verified(source, origin, manifest, staging, progress)
@@ -270,6 +295,12 @@ def download_miniimagenet(
                 "installed (download again, or pass --url/--archive of a complete copy)"
             )
         _install(directory, staging, manifest)
+    except OSError as err:  # writing the staging folder or installing: disk full, permissions
+        raise DataError(
+            f"cannot write Mini-ImageNet into {directory} ({err.strerror or err}): it needs about "
+            "250 MB free beside the download; free space or choose another --data-dir (the "
+            "previous copy, if any, is unchanged)"
+        ) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         if tmp is not None:
