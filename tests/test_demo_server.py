@@ -149,8 +149,10 @@ def test_predict_and_render(client):
     info = client.get("/api/info").json()
     assert info["ways"] == 5 and info["inner_steps"] == 10
     assert len(client.get("/api/examples").json()["classes"]) == 5
-    assert "/static/demo.js" in client.get("/").text
+    page = client.get("/").text  # relative paths: the static export serves the same page
+    assert '"static/demo.js"' in page and 'name="reptorch-engine" content="server"' in page
     assert "pointerdown" in client.get("/static/demo.js").text
+    assert "api/predict" in client.get("/static/browser.js").text
     assert "/api/predict" in client.get("/openapi.json").json()["paths"]
 
 

@@ -50,6 +50,7 @@ const ReptorchBackends = (() => {
       this.meta = meta;
       this.weights = await response.arrayBuffer();
       this.engine = new ReptorchEngine.Engine(meta, this.weights);
+      this.engine.warmUp();
       return this;
     }
 

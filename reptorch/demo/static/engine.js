@@ -25,8 +25,7 @@ const ReptorchEngine = (() => {
   }
 
   class Net {
-    constructor(meta, kernels) {
-      this.kernels = kernels;
+    constructor(meta) {
       this.classes = meta.classes;
       this.filters = meta.filters;
       this.sides = [28];
@@ -47,8 +46,8 @@ const ReptorchEngine = (() => {
         const [, b, gamma, beta] = params.slice(4 * l, 4 * l + 4);
         const w = kern.copy(params[4 * l]);
         const z = conv(kern, x, n, H, channels, w, b, O, F);
-        const { xhat, invstd } = batchNorm(z, n, O * O, F, counts);
-        const y = new Float64Array(z.length);
+        const { xhat, invstd } = batchNorm(kern, z, n, O * O, F, counts);
+        const y = kern.f64(z.length);
         for (let i = 0, p = 0; i < n * O * O; i++) {
           for (let c = 0; c < F; c++, p++) {
             const v = gamma[c] * xhat[p] + beta[c];
@@ -60,7 +59,7 @@ const ReptorchEngine = (() => {
         channels = F;
       }
       const w = params[16], b = params[17], K = this.classes, D = this.features;
-      const logits = new Float64Array(n * K);
+      const logits = kern.f64(n * K);
       for (let i = 0; i < n; i++) {
         for (let k = 0; k < K; k++) {
           let s = b[k];
@@ -85,9 +84,9 @@ const ReptorchEngine = (() => {
     // Gradients of the loss (whose gradient wrt the logits is dlogits) for every parameter.
     backward(params, cache, dlogits, counts, n) {
       const F = this.filters, K = this.classes, D = this.features, kern = this.kernels;
-      const grads = params.map((p, k) => (k < 16 && k % 4 === 0 ? kern.f64(p.length) : new Float64Array(p.length)));
+      const grads = params.map((p) => kern.f64(p.length));
       const w = params[16], h = cache.features;
-      let dy = new Float64Array(n * D);
+      let dy = kern.f64(n * D);
       for (let i = 0; i < n; i++) {
         for (let k = 0; k < K; k++) {
           const g = dlogits[i * K + k];
@@ -277,28 +276,30 @@ const ReptorchEngine = (() => {
   }
 
   // Kernels in WebAssembly SIMD (static/kernels.wat): the arrays they touch live in its memory,
-  // handed out by a bump allocator that `reset` empties (and grows) before every forward pass.
-  function wasmKernels() {
-    const bytes = Uint8Array.from(atob(ReptorchKernels.wasm), (ch) => ch.charCodeAt(0));
-    const exports = new WebAssembly.Instance(new WebAssembly.Module(bytes)).exports;
-    const memory = exports.memory;
+  // handed out by a bump allocator that `reset` empties before every forward pass. The memory
+  // is allocated once for `bytes`, the largest pass (growing it would detach its buffer, which
+  // slows every typed-array access of the page in V8).
+  function wasmKernels(bytes) {
+    const code = Uint8Array.from(atob(ReptorchKernels.wasm), (ch) => ch.charCodeAt(0));
+    const memory = new WebAssembly.Memory({ initial: Math.ceil(bytes / 65536) });
+    const exports = new WebAssembly.Instance(new WebAssembly.Module(code), { env: { memory } }).exports;
+    const buffer = memory.buffer;
     let top = 16; // 0 stands for "no dx"
     const take = (n, size) => {
       top = Math.ceil(top / 16) * 16;
       const at = top;
       top += n * size;
-      if (top > memory.buffer.byteLength) throw new Error("kernel memory exhausted");
+      if (top > buffer.byteLength) throw new Error("kernel memory exhausted");
       return at;
     };
     return {
       name: "webassembly",
       reset(needed) {
-        const missing = Math.ceil((needed - memory.buffer.byteLength) / 65536);
-        if (missing > 0) memory.grow(missing);
+        if (needed > buffer.byteLength) throw new Error(`a batch this large needs ${needed} bytes`);
         top = 16;
       },
-      f64(n) { const view = new Float64Array(memory.buffer, take(n, 8), n); view.fill(0); return view; },
-      i32(n) { return new Int32Array(memory.buffer, take(n, 4), n); },
+      f64(n) { const view = new Float64Array(buffer, take(n, 8), n); view.fill(0); return view; },
+      i32(n) { return new Int32Array(buffer, take(n, 4), n); },
       copy(array) { const view = this.f64(array.length); view.set(array); return view; },
       forward(z, out, w, av, rows, m, F) {
         exports.forward(z.byteOffset + 8 * out, w.byteOffset, av.byteOffset, rows.byteOffset, m, F);
@@ -311,10 +312,10 @@ const ReptorchEngine = (() => {
   }
 
   // WebAssembly where the browser runs it (and F is even, its two lanes), else JavaScript.
-  function chooseKernels(meta, wanted) {
+  function chooseKernels(meta, wanted, bytes) {
     if (wanted === "javascript" || meta.filters % 2 || typeof ReptorchKernels === "undefined") return jsKernels();
     try {
-      return wasmKernels();
+      return wasmKernels(bytes);
     } catch (error) {
       if (wanted === "webassembly") throw error;
       return jsKernels();
@@ -322,7 +323,7 @@ const ReptorchEngine = (() => {
   }
 
   // Per channel, over the batch (image i counted counts[i] times) and positions: xhat and 1/std.
-  function batchNorm(z, n, positions, F, counts) {
+  function batchNorm(kern, z, n, positions, F, counts) {
     const mean = new Float64Array(F), variance = new Float64Array(F), invstd = new Float64Array(F);
     let total = 0;
     for (let i = 0, p = 0; i < n; i++) {
@@ -339,7 +340,7 @@ const ReptorchEngine = (() => {
       }
     }
     for (let c = 0; c < F; c++) invstd[c] = 1 / Math.sqrt(variance[c] / total + BN_EPS);
-    const xhat = new Float64Array(z.length);
+    const xhat = kern.f64(z.length);
     for (let p = 0; p < z.length; p += F) for (let c = 0; c < F; c++) xhat[p + c] = (z[p + c] - mean[c]) * invstd[c];
     return { xhat, invstd };
   }
@@ -371,7 +372,9 @@ const ReptorchEngine = (() => {
     // kernels: "webassembly" or "javascript" (default: WebAssembly where it runs).
     constructor(meta, buffer, kernels) {
       this.meta = meta;
-      this.net = new Net(meta, chooseKernels(meta, kernels));
+      this.net = new Net(meta);
+      // the largest pass: a prediction with every class's most drawings and the query
+      this.net.kernels = chooseKernels(meta, kernels, this.net.bytes(meta.classes * meta.max_shots + 1));
       this.kernels = this.net.kernels.name;
       const all = new Float32Array(buffer);
       let offset = 0;
@@ -396,14 +399,14 @@ const ReptorchEngine = (() => {
 
     // Fine-tunes on the support images (Float32Array(784) each, class-major: ways x shots):
     // { params, losses } as Engine's inner loop.
-    fineTune(images, ways, shots) {
+    fineTune(images, ways, shots, steps = Infinity) {
       const meta = this.meta, net = this.net, opt = meta.optimizer;
       let params = this.phi.map((p) => p.slice());
       const m = this.exp_avg && this.exp_avg.map((p) => p.slice());
       const v = this.exp_avg_sq && this.exp_avg_sq.map((p) => p.slice());
       let step = opt.step;
       const losses = [];
-      for (const batch of this.indices(ways, shots)) {
+      for (const batch of this.indices(ways, shots).slice(0, steps)) {
         const unique = [...new Set(batch)];
         const counts = unique.map((u) => batch.filter((b) => b === u).length);
         const n = unique.length;
@@ -419,6 +422,18 @@ const ReptorchEngine = (() => {
         losses.push(loss);
       }
       return { params, losses };
+    }
+
+    // A few steps on blank drawings, so that the first support set does not wait for the
+    // JavaScript compiler (as Engine.warm_up; measured: the first fine-tuning took twice as long).
+    warmUp(steps = 10) {
+      const blank = Array.from({ length: 2 }, (_, c) => {
+        const image = new Float32Array(784).fill(1);
+        image.fill(0, 300 + 56 * c, 320 + 56 * c);
+        return image;
+      });
+      const { params } = this.fineTune(blank, 2, 1, steps);
+      this.predict(params, blank, blank[0], 2);
     }
 
     // P(query in class c) for c < ways: the query classified in one batch with the support set.
@@ -437,27 +452,28 @@ const ReptorchEngine = (() => {
   }
 
   // Adam (reptorch.inner_optim.Adam): m <- b1 m + (1 - b1) g; v <- b2 v + (1 - b2) g^2;
-  // theta <- theta - lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps). m, v in place.
+  // theta <- theta - lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps). All in place.
   function adamStep(opt, params, grads, m, v, t) {
     const stepSize = opt.lr / (1 - Math.pow(opt.beta1, t));
     const correction = Math.sqrt(1 - Math.pow(opt.beta2, t));
     const beta1 = opt.beta1, beta2 = opt.beta2, eps = opt.eps;
-    return params.map((p, k) => {
-      const g = grads[k], mk = m[k], vk = v[k], out = new Float64Array(p.length);
+    for (let k = 0; k < params.length; k++) {
+      const p = params[k], g = grads[k], mk = m[k], vk = v[k];
       for (let j = 0; j < p.length; j++) {
         const gj = g[j];
         const mj = beta1 * mk[j] + (1 - beta1) * gj;
         const vj = vk[j] * beta2 + (1 - beta2) * gj * gj;
         mk[j] = mj;
         vk[j] = vj;
-        out[j] = p[j] - stepSize * (mj / (Math.sqrt(vj) / correction + eps));
+        p[j] -= stepSize * (mj / (Math.sqrt(vj) / correction + eps));
       }
-      return out;
-    });
+    }
+    return params;
   }
 
   function sgdStep(opt, params, grads) {
-    return params.map((p, k) => p.map((value, j) => value - opt.lr * grads[k][j]));
+    for (let k = 0; k < params.length; k++) for (let j = 0; j < params[k].length; j++) params[k][j] -= opt.lr * grads[k][j];
+    return params;
   }
 
   return { Engine };

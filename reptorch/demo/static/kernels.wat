@@ -4,7 +4,9 @@
 ;; into the engine's memory; index arrays hold float64 element offsets (int32); F is even.
 ;; Built into static/kernels.js by bench/build_kernels.py (wabt's wat2wasm, a build-time tool).
 (module
-  (memory (export "memory") 1)
+  ;; The memory is the engine's, sized once for its largest batch: growing it later would detach
+  ;; its buffer, which makes V8 check every typed-array access of the page for detachment.
+  (import "env" "memory" (memory 1))
 
   ;; z[f] += sum_j a[j] * w[rows[j] + f] for f < F, j < m (one output position).
   (func (export "forward") (param $z i32) (param $w i32) (param $a i32) (param $rows i32)
