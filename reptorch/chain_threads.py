@@ -2,17 +2,26 @@
 
 The reference threads one inner Adam state through the tasks of a meta-batch in order, so a
 meta-iteration is one chain of dependent inner steps; the cores can only share work inside a step.
-By default the chain runs single-threaded and the interval evaluations take a second thread
-beside it: the trajectory is then the same on any machine, and steady when other jobs share the
-cores. `chain_threads` > 1 gives the chain that many intra-op threads instead (the evaluations
-then run in turn with it). On an otherwise idle 2-core machine the bare meta-iteration runs ~1.5x
-faster, a whole training run 1.0-1.25x; beside one busy process ~2.5x slower (OpenMP barriers
-wait for a descheduled thread); and float rounding, hence the trajectory, then depends on the
-thread count (`bench/chain_threads.py`, docs/benchmarks.md).
+Two ways to share it:
+
+- `chain_workers` W > 1 (the default where it pays): the fast kernels' own single-threaded
+  workers split every step's images, summing BatchNorm statistics and gradients at a dozen
+  meetings per step (`reptorch.fast.comm`). A worker that waits sleeps instead of spinning, so a
+  busy neighbour on one core slows the chain to its fair share rather than stalling every
+  meeting. Chosen automatically (`resolve_chain_workers`) for the networks whose steps are long
+  enough that the meetings cost nothing (Mini-ImageNet's, tens of ms); Omniglot's ~1 ms steps
+  stay on one worker, with the interval evaluations on a second thread beside the chain.
+  Float rounding (the order of the partial sums), hence the trajectory, depends on W: a run
+  records W in its config.json, and `chain_workers=1` gives the single-worker trajectory.
+- `chain_threads` > 1: the chain gets that many intra-op (OpenMP) threads. On an otherwise idle
+  2-core machine the bare meta-iteration runs ~1.5x faster, a whole training run 1.0-1.25x;
+  beside one busy process ~2.5x slower (OpenMP barriers spin for a descheduled thread)
+  (`bench/chain_threads.py`, docs/benchmarks.md). Opt-in only.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -20,6 +29,7 @@ from contextlib import contextmanager
 import torch
 
 from reptorch.errors import ConfigError
+from reptorch.fast import spec_for
 
 
 def check_chain_threads(chain_threads: int, sequential: bool) -> int | None:
@@ -35,6 +45,45 @@ def check_chain_threads(chain_threads: int, sequential: bool) -> int | None:
             f"(--parallel loop on a CPU) only: drop it, or train with --parallel loop"
         )
     return None
+
+
+def free_cores() -> int:
+    """The cores this process may run on (its CPU affinity), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # platforms without affinity masks
+        return max(1, os.cpu_count() or 1)
+
+
+def resolve_chain_workers(
+    requested: int, module: torch.nn.Module, sequential: bool, chain_threads: int = 1
+) -> int:
+    """The workers that split each step of the exact chain: `requested` if > 0; for 0 (auto),
+    the free cores when `module`'s fast kernels run on PyTorch's convolutions (Mini-ImageNet:
+    ~40 ms steps, where a dozen meetings through Python cost ~1%), else 1 (Omniglot's ~1-4 ms
+    steps: the meetings cost more than the half they save; docs/benchmarks.md)."""
+    spec = spec_for(module)
+    if requested == 0:
+        if not sequential or chain_threads != 1 or spec is None:
+            return 1
+        return free_cores() if spec.native_convolutions() else 1
+    if requested > 1:
+        if not sequential:
+            raise ConfigError(
+                f"chain_workers={requested} applies to the exact sequential chain (--parallel "
+                f"loop on a CPU) only: drop it, or train with --parallel loop"
+            )
+        if spec is None:
+            raise ConfigError(
+                f"chain_workers={requested}: only the paper's conv nets (the fast kernels) "
+                f"split a step over workers; give 1"
+            )
+        if chain_threads != 1:
+            raise ConfigError(
+                f"chain_workers={requested} with chain_threads={chain_threads}: choose one way "
+                f"to share the chain's steps"
+            )
+    return requested
 
 
 def background_thread(beside_chain: bool) -> ThreadPoolExecutor | None:

@@ -33,7 +33,10 @@ DATASETS = ("omniglot", "miniimagenet", "sine", "folder:PATH")
 
 # Fields that may differ when a run resumes: where things are and how often they are saved,
 # never what is trained.
-RUNTIME_FIELDS = frozenset({"data_dir", "device", "eval_samples", "checkpoint_every", "keep"})
+# `chain_workers` too: it changes only float rounding, and a resumed run may switch it (recorded).
+RUNTIME_FIELDS = frozenset(
+    {"data_dir", "device", "eval_samples", "checkpoint_every", "keep", "chain_workers"}
+)
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,10 @@ class TrainConfig:
     parallel: str = "loop"
     outer: str = "interpolate"
     device: str = "cpu"
+    # Worker threads sharing each inner step of the exact chain (`parallel='loop'` on a CPU) by
+    # splitting its images (`reptorch.chain_threads`); 0: chosen for the network and the cores,
+    # and recorded resolved in config.json. Runs saved before it existed ran with 1.
+    chain_workers: int = 0
     checkpoint_every: int = 100
     keep: int = 3  # checkpoints kept on disk
 
@@ -106,8 +113,10 @@ class TrainConfig:
     @classmethod
     def from_saved(cls, values: dict[str, Any]) -> TrainConfig:
         """`from_dict` for a run's saved config.json: runs saved before `loss_reduction`
-        existed were trained with the mean, and are read so; before `parallel` existed, merged."""
-        return cls.from_dict({"loss_reduction": "mean", "parallel": "vmap", **values})
+        existed were trained with the mean, and are read so; before `parallel` existed, merged;
+        before `chain_workers` existed, with one worker."""
+        defaults = {"loss_reduction": "mean", "parallel": "vmap", "chain_workers": 1}
+        return cls.from_dict({**defaults, **values})
 
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
@@ -162,7 +171,7 @@ def _validate(c: TrainConfig) -> None:
         value = getattr(c, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             _fail(name, value, "must be a positive integer")
-    for name in ("train_shots", "eval_iters", "eval_samples"):
+    for name in ("train_shots", "eval_iters", "eval_samples", "chain_workers"):
         value = getattr(c, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             _fail(name, value, "must be a non-negative integer")

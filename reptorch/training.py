@@ -22,6 +22,7 @@ checkpoint it resumes from.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 from functools import partial
@@ -33,7 +34,12 @@ from tqdm import tqdm
 
 from reptorch import tree
 from reptorch.algorithms import ALGORITHMS
-from reptorch.chain_threads import background_thread, check_chain_threads, torch_threads
+from reptorch.chain_threads import (
+    background_thread,
+    check_chain_threads,
+    resolve_chain_workers,
+    torch_threads,
+)
 from reptorch.checkpoint import Checkpoint, save_checkpoint
 from reptorch.config import EVAL_INNER_STATES, TrainConfig
 from reptorch.distributed import LOCAL, Group, device_for
@@ -51,7 +57,7 @@ from reptorch.inner_optim import clone_state, make_inner_optimizer
 from reptorch.meta import MetaLearner
 from reptorch.metrics_log import MetricsLog
 from reptorch.outer import Interpolation, OuterOptimizer
-from reptorch.run_directory import open_run, read_run
+from reptorch.run_directory import open_run, read_run, recorded_chain_workers
 from reptorch.run_setup import build_module, build_sources, check_group, eval_spec
 from reptorch.stop_signals import StopSignals
 
@@ -72,7 +78,8 @@ class Trainer:
         """workers: CPU threads of the fast oracle (see `reptorch.cli.common.cpu_threads`);
         group: this process's place in a torchrun job (`reptorch.distributed.setup`);
         chain_threads: intra-op threads of the exact sequential chain (`parallel='loop'` on a
-        CPU). 1, the default, keeps the trajectory independent of the machine's cores."""
+        CPU), opt-in. `config.chain_workers` (0: chosen, or the run's recorded value on resume)
+        is the workers that split each of the chain's steps (`reptorch.chain_threads`)."""
         check_group(config, group)
         self.config, self.directory, self.workers, self.group = config, directory, workers, group
         self.echo = True  # print the interval lines (`train(echo=False)` silences them)
@@ -84,18 +91,29 @@ class Trainer:
         self.sources = build_sources(config)
         self.monitor = "val" if "val" in self.sources else "test"
         module, loss_fn = build_module(config, self.sources)
+        recorded = recorded_chain_workers(directory) if group.is_main else None
+        requested = config.chain_workers or recorded or 0
+        self.chain_workers = resolve_chain_workers(requested, module, sequential, chain_threads)
+        if recorded is not None and recorded != self.chain_workers:
+            print(
+                f"{directory}: the exact chain switches from {recorded} to {self.chain_workers} "
+                f"worker(s) (float rounding changes; recorded in config.json)",
+                file=sys.stderr,
+            )
+        self.config = config = config.replace(chain_workers=self.chain_workers)
         self.module = module.to(self.device)
         self.inner = make_inner_optimizer(config.inner_optimizer, config.learning_rate)
         self.loss_fn = loss_fn
         model = FunctionalModel(self.module, loss_fn)
-        concurrent = sequential and chain_threads == 1 and model.has_fast_path()
+        alone = chain_threads == 1 and self.chain_workers == 1  # the chain holds one core
+        concurrent = sequential and alone and model.has_fast_path()
         self.background = background_thread(concurrent)
         self.evaluator = Evaluator(
             self.module,
             self.inner,
             eval_spec(config),
             loss_fn=loss_fn,
-            workers=1 if sequential else workers,
+            workers=self.chain_workers if sequential else workers,
         )
         algorithm = ALGORITHMS[config.algorithm](
             model,
@@ -104,7 +122,9 @@ class Trainer:
             parallel=config.parallel,
             weight_decay=config.weight_decay,
             batched_loss_and_grad=(
-                model.batched_loss_and_grad(workers=1) if sequential else self.evaluator.oracle
+                model.batched_loss_and_grad(workers=self.chain_workers)
+                if sequential
+                else self.evaluator.oracle
             ),
         )
         phi = model.init_params()

@@ -58,6 +58,13 @@ _VALUE_FLAGS: dict[str, tuple[str, type, str]] = {
     "--seed": ("seed", int, "seed of the split, initialisation and tasks"),
     "--checkpoint-every": ("checkpoint_every", int, "iterations between checkpoints"),
     "--keep-checkpoints": ("keep", int, "checkpoints kept on disk"),
+    "--chain-workers": (
+        "chain_workers",
+        int,
+        "workers splitting each step of the exact chain (--parallel loop on a CPU); 0: the "
+        "cores for Mini-ImageNet's network, 1 for Omniglot's; a resumed run keeps its recorded "
+        "number unless given (docs/benchmarks.md)",
+    ),
 }
 _FLAG_FIELDS = {
     "--transductive": ("transductive", "evaluate all queries in one batch"),
@@ -121,10 +128,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=int,
         default=1,
         metavar="N",
-        help="threads of the exact sequential chain (--parallel loop on a CPU). 1 keeps a run's "
-        "trajectory independent of the machine's cores and steady beside other jobs; more may "
-        "train up to ~1.25x faster on an otherwise idle machine, ~2.5x slower beside a busy "
-        "process (docs/benchmarks.md; default: %(default)s)",
+        help="intra-op (OpenMP) threads of the exact sequential chain (--parallel loop on a "
+        "CPU), instead of --chain-workers: up to ~1.25x faster on an otherwise idle machine, "
+        "~2.5x slower beside a busy process (docs/benchmarks.md; default: %(default)s)",
     )
     parser.add_argument("--json", action="store_true", help="print the evaluation as JSON last")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
