@@ -30,7 +30,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     download = actions.add_parser("download", help="fetch a dataset into the data root")
     download.add_argument("name", choices=DOWNLOADABLE)
     download.add_argument("--data-dir", help=root_help)
-    download.add_argument("--extract", action="store_true", help="extract the zips (and drop them)")
+    download.add_argument(
+        "--extract", action="store_true", help="omniglot: extract the zips (and drop them)"
+    )
     download.add_argument("--force", action="store_true", help="download even if present")
     download.add_argument(
         "--url",
