@@ -4,9 +4,13 @@ theta_0 = phi;  theta_j = step(theta_{j-1}, grad L_{B_j}(theta_{j-1})),  j = 1..
 over the task's k mini-batches B_1..B_k in order. Returns theta_k, the optimiser state and the
 per-step losses L_{B_j}(theta_{j-1}).
 
-The gradient comes from an oracle `(params, x, y) -> (loss, grads)`. With a vmapped oracle and a
-leading task dimension on params and batches, the same loop runs T tasks at once (`adapt_batched`):
-the optimiser math is elementwise and broadcasts over tasks.
+The gradient comes from an oracle `(params, x, y) -> (loss, grads)`. With a batched oracle and a
+leading task dimension on params and batches, the same loop runs T tasks at once (the side-by-side
+meta-step): the optimiser math is elementwise and broadcasts over tasks.
+
+Losses: the loop stacks them step by step, (k,) for one task and (k, T) for T tasks at once, as
+the oracles' own loops return them; `AdaptResult.task_losses` gives the (T, k) that every other
+boundary (`TaskUpdate`, `MetaStep`, `MetaLearner.step`) uses.
 
 An oracle may also bring its own first-order inner loop, `oracle.adapt(params, batches, optimizer,
 state, weight_decay=...) -> AdaptResult | None` (`reptorch.fast.ConvNetOracle` does: flat buffers,
@@ -31,7 +35,17 @@ from reptorch.tree import Params
 class AdaptResult(NamedTuple):
     params: Params  # theta_k
     state: Any  # the inner optimiser state after k steps
-    losses: torch.Tensor  # (k,) for one task, (T, k) for a batch of tasks
+    losses: torch.Tensor  # L_{B_j}(theta_{j-1}), step-major: (k,) for one task, (k, T) for T
+
+    @property
+    def task_losses(self) -> torch.Tensor:
+        """The losses task-major: (k,) for one task, (T, k) for T tasks."""
+        return task_major(self.losses)
+
+
+def task_major(losses: torch.Tensor) -> torch.Tensor:
+    """Step-major losses (k,) or (k, T) as (k,) or (T, k): one task's losses in a row."""
+    return losses.movedim(0, -1)
 
 
 def adapt(
@@ -70,27 +84,3 @@ def adapt(
         params, state = optimizer.step(params, grads, state)
         losses.append(loss)
     return AdaptResult(params, state, torch.stack(losses) if losses else torch.zeros(0))
-
-
-def adapt_batched(
-    batched_loss_and_grad: LossAndGrad,
-    phi: Params,
-    xs: torch.Tensor,
-    ys: torch.Tensor,
-    optimizer: InnerOptimizer,
-    state: Any,
-    *,
-    weight_decay: float = 1.0,
-) -> AdaptResult:
-    """`adapt` for T tasks at once, every task starting from phi (first-order).
-
-    xs: (T, k, B, ...), ys: (T, k, B). `state` may be shared (no task dimension: it broadcasts, e.g.
-    the carried Adam state) or batched. Returns params and state with a leading task dimension and
-    losses of shape (T, k). Equal, to float tolerance, to a Python loop of `adapt` over the tasks.
-    """
-    params = tree.expand(phi, xs.shape[0])
-    batches = zip(xs.transpose(0, 1), ys.transpose(0, 1), strict=True)
-    result = adapt(
-        batched_loss_and_grad, params, batches, optimizer, state, weight_decay=weight_decay
-    )
-    return result._replace(losses=result.losses.transpose(0, 1))

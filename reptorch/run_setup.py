@@ -1,5 +1,5 @@
-"""What a run's settings build: its task sources, its network and loss, its evaluation settings;
-and the check that a run fits the processes it was started in.
+"""What a run's settings build: its task sources, its network and loss, its meta-learner, its
+evaluation settings; and the check that a run fits the processes it was started in.
 
 Shared by training (`reptorch.training.Trainer`), evaluation of a run directory, the demo and the
 experiments, so that all of them see a run exactly as it was trained.
@@ -13,12 +13,17 @@ import torch
 from torch import nn
 
 from reptorch import __version__
+from reptorch.algorithms import ALGORITHMS
 from reptorch.config import TrainConfig
 from reptorch.distributed import Group, shared
 from reptorch.errors import ConfigError
 from reptorch.evaluation import EvalSpec
-from reptorch.losses import loss_for
+from reptorch.functional import FunctionalModel
+from reptorch.inner_optim import InnerOptimizer
+from reptorch.losses import LossAndGrad, loss_for
+from reptorch.meta import MetaLearner
 from reptorch.models import MiniImageNetNet, OmniglotNet, SineMLP
+from reptorch.outer import Interpolation, OuterOptimizer
 
 
 def build_sources(config: TrainConfig) -> dict[str, Any]:
@@ -52,6 +57,33 @@ def build_module(config: TrainConfig, sources: dict[str, Any]) -> tuple[nn.Modul
             f"(Omniglot 28x28, Mini-ImageNet 84x84); resize the images"
         )
     return module, loss_fn
+
+
+def build_learner(
+    config: TrainConfig,
+    model: FunctionalModel,
+    inner: InnerOptimizer,
+    batched_loss_and_grad: LossAndGrad,
+    group: Group,
+) -> MetaLearner:
+    """The run's meta-learner: its algorithm (on `batched_loss_and_grad`, the oracle the inner
+    loops run on), phi from the network's initialisation, and the outer update: the reference
+    interpolation or a `torch.optim` optimiser, on the annealed meta step."""
+    algorithm = ALGORITHMS[config.algorithm](
+        model,
+        inner,
+        inner_state=config.inner_state,
+        parallel=config.parallel,
+        weight_decay=config.weight_decay,
+        batched_loss_and_grad=batched_loss_and_grad,
+    )
+    phi = model.init_params()
+    schedule = (config.meta_step, config.meta_step_final, config.meta_iters)
+    if config.outer == Interpolation.name:
+        outer: Interpolation = Interpolation(*schedule)
+    else:
+        outer = OuterOptimizer(config.outer, phi, *schedule)
+    return MetaLearner(algorithm, outer, phi, group)
 
 
 def eval_spec(config: TrainConfig, **changes: Any) -> EvalSpec:

@@ -9,9 +9,10 @@ states are checkpointed, so a killed run resumes to bit-identical parameters (CP
 
 With the exact sequential semantics (`parallel='loop'`) on a CPU the meta-iteration is one chain
 of dependent steps, run in one thread; on the fast kernels the interval evaluations then run
-beside it in a second thread, on a snapshot of phi and the inner state (their tasks drawn in order
-in the main thread), and are logged, in order, before the next evaluation starts and before every
-checkpoint. `chain_threads` > 1 gives the chain more threads instead (`reptorch.chain_threads`).
+beside it in a second thread (`IntervalScores`), on a snapshot of phi and the inner state (their
+tasks drawn in order in the main thread), and are logged, in order, before the next evaluation
+starts and before every checkpoint. `chain_threads` > 1 gives the chain more threads instead
+(`reptorch.chain_threads`).
 
 Under torchrun (`reptorch.distributed`) every process builds the same Trainer: the meta-batch's
 tasks, the interval evaluations' tasks and the final evaluation's task list are shared among the
@@ -25,6 +26,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -33,7 +35,6 @@ import torch
 from tqdm import tqdm
 
 from reptorch import tree
-from reptorch.algorithms import ALGORITHMS
 from reptorch.chain_threads import (
     background_thread,
     check_chain_threads,
@@ -44,24 +45,41 @@ from reptorch.checkpoint import Checkpoint, save_checkpoint
 from reptorch.config import EVAL_INNER_STATES, TrainConfig
 from reptorch.distributed import LOCAL, Group, device_for
 from reptorch.errors import ConfigError, RunStopped
-from reptorch.evaluation import (
-    EvalResult,
-    EvalSpec,
-    Evaluator,
-    default_chunk,
-    sample_tasks,
-    task_chunks,
-)
+from reptorch.evaluation import EvalResult, Evaluator, default_chunk, sample_tasks, task_chunks
 from reptorch.functional import FunctionalModel
-from reptorch.inner_optim import clone_state, make_inner_optimizer
-from reptorch.meta import MetaLearner
+from reptorch.inner_optim import AdamState, clone_state, make_inner_optimizer
 from reptorch.metrics_log import MetricsLog
-from reptorch.outer import Interpolation, OuterOptimizer
 from reptorch.run_directory import open_run, read_run, recorded_chain_workers
-from reptorch.run_setup import build_module, build_sources, check_group, eval_spec
+from reptorch.run_setup import build_learner, build_module, build_sources, check_group, eval_spec
 from reptorch.stop_signals import StopSignals
 
 EVAL_SEED_OFFSET = 2**33  # the interval-evaluation generator: seed + 2^33
+
+Scores = list[float]
+
+
+class IntervalScores:
+    """The interval evaluations, scored in a background thread beside the chain (or at once,
+    without one) and logged in the order they were submitted."""
+
+    def __init__(self, background: ThreadPoolExecutor | None) -> None:
+        self.background = background
+        self._pending: Callable[[], None] | None = None
+
+    def submit(self, score: Callable[[], Scores], log: Callable[[Scores], None]) -> None:
+        """Logs the last evaluation, then scores this one (in the background if there is one)."""
+        self.drain()
+        if self.background is None:
+            log(score())
+            return
+        future = self.background.submit(score)
+        self._pending = lambda: log(future.result())
+
+    def drain(self) -> None:
+        """Waits for the evaluation in flight, if any, and logs it."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending()
 
 
 class Trainer:
@@ -83,6 +101,7 @@ class Trainer:
         check_group(config, group)
         self.config, self.directory, self.workers, self.group = config, directory, workers, group
         self.echo = True  # print the interval lines (`train(echo=False)` silences them)
+        self.seconds, self.iterations = 0.0, 0  # of the last `train()`
         self.device = torch.device(config.device)
         # exact sequential mode: one chain of steps, in this thread (`reptorch.chain_threads`);
         # its interval evaluations get the other thread when both run on the fast kernels
@@ -90,7 +109,7 @@ class Trainer:
         self.chain_threads = check_chain_threads(chain_threads, sequential)
         self.sources = build_sources(config)
         self.monitor = "val" if "val" in self.sources else "test"
-        module, loss_fn = build_module(config, self.sources)
+        module, self.loss_fn = build_module(config, self.sources)
         recorded = recorded_chain_workers(directory) if group.is_main else None
         requested = config.chain_workers or recorded or 0
         self.chain_workers = resolve_chain_workers(requested, module, sequential, chain_threads)
@@ -103,37 +122,21 @@ class Trainer:
         self.config = config = config.replace(chain_workers=self.chain_workers)
         self.module = module.to(self.device)
         self.inner = make_inner_optimizer(config.inner_optimizer, config.learning_rate)
-        self.loss_fn = loss_fn
-        model = FunctionalModel(self.module, loss_fn)
+        model = FunctionalModel(self.module, self.loss_fn)
         alone = chain_threads == 1 and self.chain_workers == 1  # the chain holds one core
         concurrent = sequential and alone and model.has_fast_path()
         self.background = background_thread(concurrent)
+        self.intervals = IntervalScores(self.background)
         self.evaluator = Evaluator(
             self.module,
             self.inner,
             eval_spec(config),
-            loss_fn=loss_fn,
+            loss_fn=self.loss_fn,
             workers=self.chain_workers if sequential else workers,
         )
-        algorithm = ALGORITHMS[config.algorithm](
-            model,
-            self.inner,
-            inner_state=config.inner_state,
-            parallel=config.parallel,
-            weight_decay=config.weight_decay,
-            batched_loss_and_grad=(
-                model.batched_loss_and_grad(workers=self.chain_workers)
-                if sequential
-                else self.evaluator.oracle
-            ),
-        )
-        phi = model.init_params()
-        args = (config.meta_step, config.meta_step_final, config.meta_iters)
-        if config.outer == "interpolate":
-            outer: Interpolation = Interpolation(*args)
-        else:
-            outer = OuterOptimizer(config.outer, phi, *args)
-        self.learner = MetaLearner(algorithm, outer, phi, group)
+        chain = self.chain_workers
+        oracle = model.batched_loss_and_grad(workers=chain) if sequential else self.evaluator.oracle
+        self.learner = build_learner(config, model, self.inner, oracle, group)
         self.train_gen = torch.Generator().manual_seed(config.seed)
         self.eval_gen = torch.Generator().manual_seed(config.seed + EVAL_SEED_OFFSET)
 
@@ -142,7 +145,7 @@ class Trainer:
         dev = self.device
         self.learner.phi = {k: v.to(dev) for k, v in ckpt.phi.items()}
         state = ckpt.inner_state
-        if hasattr(state, "exp_avg"):
+        if isinstance(state, AdamState):
             state = state._replace(
                 exp_avg={k: v.to(dev) for k, v in state.exp_avg.items()},
                 exp_avg_sq={k: v.to(dev) for k, v in state.exp_avg_sq.items()},
@@ -159,31 +162,26 @@ class Trainer:
         outer = learner.outer.state_dict()
         return Checkpoint(learner.iteration, learner.phi, learner.inner_state, outer, rng)
 
-    def quick_eval(self, split: str) -> float:
-        """Score on one fresh task of `split` (the reference's per-interval evaluation)."""
-        return self.interval_eval([split])().pop()
-
-    def interval_eval(self, splits: list[str]) -> Callable[[], list[float]]:
-        """Draws one task per split now; returns a call giving their scores. With a background
-        thread the scoring runs there meanwhile, on a snapshot of phi and the inner state; with
-        several processes each scores its share of the tasks."""
+    def interval_eval(self, splits: list[str]) -> Callable[[], Scores]:
+        """The reference's per-interval evaluation: draws one fresh task per split now and
+        returns the call that scores them from the current phi and inner state (a snapshot of
+        them when a background thread scores it); with several processes each scores its share
+        of the tasks."""
         drawn = [
             sample_tasks(self.sources[s], 1, self.evaluator.spec, self.eval_gen) for s in splits
         ]
-        learner, group = self.learner, self.group
-        phi, state = learner.phi, learner.inner_state
+        group = self.group
+        phi, state = self.learner.phi, self.learner.inner_state
+        if self.background is not None:
+            phi, state = tree.clone(phi), clone_state(state)
 
-        def score() -> list[float]:
+        def score() -> Scores:
             part = group.share(len(drawn))
             mine = [self.evaluator.run_chunk(phi, state, *drawn[j])[1].double() for j in part]
             rows = torch.cat(mine) if mine else torch.zeros(0, dtype=torch.float64)
-            scores = group.gather_rows(rows, "the interval evaluation")
-            return scores.tolist()
+            return group.gather_rows(rows, "the interval evaluation").tolist()
 
-        if self.background is None:
-            return score
-        phi, state = tree.clone(phi), clone_state(state)
-        return self.background.submit(score).result
+        return score
 
     def train(
         self,
@@ -213,36 +211,18 @@ class Trainer:
         c, learner, main = self.config, self.learner, self.group.is_main
         end = c.meta_iters if stop_at is None else min(stop_at, c.meta_iters)
         self.echo = echo and main
-        if self.directory is not None:
-            directory = self.directory
-            ckpt = self.group.from_main(partial(open_run, directory, c), "the run's checkpoint")
-            if ckpt is not None:
-                self.restore(ckpt)
-                if self.echo:
-                    tqdm.write(f"resuming {directory} from iteration {learner.iteration}")
+        self._resume()
         start = learner.iteration
-        log = None
-        if self.directory is not None and start < end and main:
-            log = MetricsLog(self.directory, self.monitor, start)
+        log = MetricsLog(self.directory, self.monitor, start) if self._writes(start < end) else None
         t0 = time.perf_counter()
-        source = self.sources["train"]
         bar = tqdm(total=c.meta_iters, initial=start, unit="it", disable=not (progress and main))
-        pending: Callable[[], None] | None = None  # logs the last interval evaluation
-
-        def finish() -> None:
-            nonlocal pending
-            if pending is not None:
-                pending()
-                pending = None
-
-        stop = StopSignals(enabled=self.group.size == 1)
-        with stop:
+        with StopSignals(enabled=self.group.size == 1) as stop:
             for i in range(start, end):
                 if stop.received is not None:  # a checkpoint at i iterations, then RunStopped
-                    finish()
+                    self.intervals.drain()
                     bar.close()
                     self._stop(i, end, log, stop)
-                tasks = source.sample_train(
+                tasks = self.sources["train"].sample_train(
                     c.meta_batch,
                     c.effective_train_shots,
                     c.inner_batch,
@@ -255,30 +235,42 @@ class Trainer:
                 eps = learner.outer.step_size(i)
                 losses = learner.step(tasks.xs.to(self.device), tasks.ys.to(self.device), tail)
                 if i % c.eval_interval == 0:
-                    finish()
-                    scores = self.interval_eval(["train", self.monitor])
+                    score = self.interval_eval(["train", self.monitor])
                     loss = float(losses.double().mean())  # exact sum: the same for any layout
-                    pending = partial(self._log_interval, log, i, eps, loss, scores, t0)
-                    if self.background is None:
-                        finish()
-                if (
-                    self.directory is not None
-                    and main
-                    and ((i + 1) % c.checkpoint_every == 0 or i + 1 == end)
-                ):
-                    finish()
+                    self.intervals.submit(score, partial(self._log_interval, log, i, eps, loss, t0))
+                if self._writes(self._checkpoint_due(i + 1, end)):
+                    self.intervals.drain()
                     if log is not None:
                         log.flush()
                     save_checkpoint(self.directory, self.checkpoint(), keep=c.keep)
                 bar.update()
                 if on_iteration is not None:
                     on_iteration()
-        finish()
+        self.intervals.drain()
         bar.close()
         if log is not None:
             log.close()
         self.seconds = time.perf_counter() - t0
         self.iterations = max(end - start, 0)
+
+    def _resume(self) -> None:
+        """Restores the run directory's newest checkpoint, if it has one."""
+        if self.directory is None:
+            return
+        open_checkpoint = partial(open_run, self.directory, self.config)
+        ckpt = self.group.from_main(open_checkpoint, "the run's checkpoint")
+        if ckpt is not None:
+            self.restore(ckpt)
+            if self.echo:
+                tqdm.write(f"resuming {self.directory} from iteration {self.learner.iteration}")
+
+    def _writes(self, due: bool) -> bool:
+        """Whether this process writes the run directory now: rank 0 of a run that has one."""
+        return due and self.directory is not None and self.group.is_main
+
+    def _checkpoint_due(self, done: int, end: int) -> bool:
+        """A checkpoint after every `checkpoint_every` iterations, and at the end."""
+        return done % self.config.checkpoint_every == 0 or done == end
 
     def _stop(self, done: int, end: int, log: MetricsLog | None, stop: StopSignals) -> None:
         """After a SIGINT/SIGTERM: checkpoint the `done` iterations, then raise `RunStopped`."""
@@ -301,10 +293,10 @@ class Trainer:
         i: int,
         eps: float,
         inner_loss: float,
-        scores: Callable[[], list[float]],
         t0: float,
+        scores: Scores,
     ) -> None:
-        train_score, monitor_score = scores()
+        train_score, monitor_score = scores
         if self.echo:
             tqdm.write(f"batch {i}: train={train_score:f} {self.monitor}={monitor_score:f}")
         if log is not None:
@@ -327,39 +319,17 @@ class Trainer:
         chunk: int | None = None,
         progress: bool = True,
         keep_scores: bool = False,
+        keep_predictions: bool = False,
         **spec_changes: Any,
     ) -> dict[str, Any]:
-        """The summary (a dict) of `evaluation(...)` with the same arguments; keep_scores: also
-        every task's score (`"task_scores"`, in task order)."""
-        args = (split, num_tasks, seed, inner_state, chunk, progress)
-        result, spec, seed = self.evaluation(*args, **spec_changes)
-        summary = result.summary(spec, split, seed)
-        summary.update(
-            dataset=self.config.dataset,
-            iteration=self.learner.iteration,
-            eval_inner_state=inner_state,
-            tasks_per_second=round(result.scores.numel() / max(result.seconds, 1e-9), 1),
-        )
-        if keep_scores:
-            summary["task_scores"] = result.scores.tolist()
-        return summary
-
-    def evaluation(
-        self,
-        split: str = "test",
-        num_tasks: int | None = None,
-        seed: int | None = None,
-        inner_state: str = "checkpoint",
-        chunk: int | None = None,
-        progress: bool = True,
-        **spec_changes: Any,
-    ) -> tuple[EvalResult, EvalSpec, int]:
-        """The final evaluation of phi on `num_tasks` seeded tasks of `split`: scores and
-        predictions per task, the spec and the seed. With several processes each evaluates its
+        """The final evaluation of phi on `num_tasks` seeded tasks of `split`: a summary (score
+        +- 95% interval, the settings, the time). With several processes each evaluates its
         share of the task list; all get every task's results.
 
         inner_state: 'checkpoint' starts every task from the carried inner state saved with phi
         (the reference), 'zero' from a fresh one. `spec_changes` override `EvalSpec` fields.
+        keep_scores: also every task's score (`"task_scores"`, in task order); keep_predictions:
+        the `EvalResult` itself (`"result"`: scores and predictions as tensors).
         """
         c, group = self.config, self.group
         request = {"split": split, "tasks": num_tasks, "seed": seed, "inner_state": inner_state}
@@ -368,36 +338,23 @@ class Trainer:
         if num_tasks is None:  # the run's setting, or the reference's 10,000 if it skipped it
             num_tasks = c.eval_samples or TrainConfig().eval_samples
         seed = c.seed if seed is None else seed
-        if split not in self.sources:
-            raise ConfigError(
-                f"split={split!r}: {c.dataset} has the splits {', '.join(self.sources)}"
-            )
+        source = self._eval_source(split, spec.ways)
         if inner_state not in EVAL_INNER_STATES:
             raise ConfigError(
                 f"eval_inner_state={inner_state!r}: choose one of {', '.join(EVAL_INNER_STATES)}"
             )
         if num_tasks < 1:
             raise ConfigError(f"eval_samples={num_tasks}: evaluate at least one task")
-        source = self.sources[split]
-        if not c.is_regression:
-            if spec.ways > c.classes:
-                raise ConfigError(
-                    f"classes={spec.ways}: the network was trained with {c.classes} outputs; "
-                    f"evaluate at most {c.classes}-way tasks"
-                )
-            if spec.ways != c.classes:
-                from reptorch.data.tasks import TaskSampler
-
-                source = TaskSampler(source.dataset, spec.ways, name=split)
         phi = self.learner.phi
         state = self.learner.inner_state if inner_state == "checkpoint" else self.inner.init(phi)
         evaluator = Evaluator(
             self.module, self.inner, spec, loss_fn=self.loss_fn, workers=self.workers
         )
         shape = (1,) if c.is_regression else source.dataset.image_shape
-        chunk = chunk or default_chunk(spec, shape)
         part = group.share(num_tasks)
-        chunks = task_chunks(source, num_tasks, spec, seed, chunk, part)
+        chunks = task_chunks(
+            source, num_tasks, spec, seed, chunk or default_chunk(spec, shape), part
+        )
         result = evaluator.evaluate(phi, state, chunks, len(part), progress and group.is_main)
         if group.size > 1:
             gathered = [
@@ -405,7 +362,37 @@ class Trainer:
                 for rows in (result.scores, result.predictions)
             ]
             result = EvalResult(*gathered, result.metric, time.perf_counter() - result.started)
-        return result, spec, seed
+        summary = result.summary(spec, split, seed)
+        summary.update(
+            dataset=c.dataset,
+            iteration=self.learner.iteration,
+            eval_inner_state=inner_state,
+            tasks_per_second=round(result.scores.numel() / max(result.seconds, 1e-9), 1),
+        )
+        if keep_scores:
+            summary["task_scores"] = result.scores.tolist()
+        if keep_predictions:
+            summary["result"] = result
+        return summary
+
+    def _eval_source(self, split: str, ways: int) -> Any:
+        """The task source of `split`, for `ways`-way tasks (at most the network's outputs)."""
+        c = self.config
+        if split not in self.sources:
+            raise ConfigError(
+                f"split={split!r}: {c.dataset} has the splits {', '.join(self.sources)}"
+            )
+        source = self.sources[split]
+        if c.is_regression or ways == c.classes:
+            return source
+        if ways > c.classes:
+            raise ConfigError(
+                f"classes={ways}: the network was trained with {c.classes} outputs; "
+                f"evaluate at most {c.classes}-way tasks"
+            )
+        from reptorch.data.tasks import TaskSampler
+
+        return TaskSampler(source.dataset, ways, name=split)
 
 
 def load_trainer(

@@ -22,9 +22,13 @@ def main(run: str, data_dir: str, tasks: str, out: str) -> None:
         trainer = load_trainer(run, "cpu", data_dir, 1, group)
         results = {}
         for transductive in (False, True):
-            result, _, _ = trainer.evaluation(
-                num_tasks=int(tasks), chunk=3, progress=False, transductive=transductive
-            )
+            result = trainer.evaluate(
+                num_tasks=int(tasks),
+                chunk=3,
+                progress=False,
+                transductive=transductive,
+                keep_predictions=True,
+            )["result"]
             results[transductive] = (result.scores, result.predictions)
         if group.is_main:
             torch.save({"size": group.size, "results": results}, out)

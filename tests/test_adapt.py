@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from reptorch import tree
-from reptorch.adapt import AdaptResult, adapt, adapt_batched
+from reptorch.adapt import AdaptResult, adapt
 from reptorch.functional import FunctionalModel
 from reptorch.inner_optim import SGD, Adam
 
@@ -36,11 +36,14 @@ def test_adapt_equals_module_with_torch_adam():
 
 
 @pytest.mark.parametrize("inner", [SGD(0.05), Adam(1e-2)], ids=["sgd", "adam"])
-def test_adapt_batched_equals_loop_over_tasks(inner):
+def test_adapt_on_a_batch_of_tasks_equals_a_loop_over_them(inner):
     model = FunctionalModel(tiny_convnet())
     phi = model.init_params()
     xs, ys = image_tasks(3, 5, 6)
-    batched = adapt_batched(model.batched_loss_and_grad(), phi, xs, ys, inner, inner.init(phi))
+    batches = zip(xs.transpose(0, 1), ys.transpose(0, 1))  # k mini-batches of the 3 tasks
+    oracle = model.batched_loss_and_grad()
+    batched = adapt(oracle, tree.expand(phi, 3), batches, inner, inner.init(phi))
+    assert batched.losses.shape == (5, 3) and batched.task_losses.shape == (3, 5)
     for t in range(3):
         single = adapt(model.loss_and_grad, phi, zip(xs[t], ys[t]), inner, inner.init(phi))
         for name in phi:
@@ -51,7 +54,7 @@ def test_adapt_batched_equals_loop_over_tasks(inner):
             torch.testing.assert_close(
                 batched.params[name][t], single.params[name], rtol=1e-4, atol=1e-6
             )
-        torch.testing.assert_close(batched.losses[t], single.losses, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(batched.task_losses[t], single.losses, rtol=1e-5, atol=1e-6)
 
 
 def test_first_order_adapt_keeps_no_graph():

@@ -220,9 +220,9 @@ def test_shared_evaluation_predicts_what_one_process_predicts(runs, shared_data,
     saved = torch.load(out)
     assert saved["size"] == 3
     for transductive, (scores, predictions) in saved["results"].items():
-        result, _, _ = trainer.evaluation(
-            num_tasks=10, chunk=4, progress=False, transductive=transductive
-        )
+        result = trainer.evaluate(
+            num_tasks=10, chunk=4, progress=False, transductive=transductive, keep_predictions=True
+        )["result"]
         assert predictions.shape == result.predictions.shape == (10, 3)
         assert torch.equal(predictions, result.predictions), transductive
         assert torch.equal(scores, result.scores), transductive

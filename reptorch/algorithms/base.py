@@ -1,9 +1,17 @@
-"""What every meta-learning algorithm shares: a model, an inner optimiser and its state policy.
+"""The meta-step every algorithm shares: run a meta-batch's tasks, average their updates.
 
-An algorithm maps phi and a meta-batch of tasks to a *meta direction* D in parameter space; the
-outer update (`reptorch.outer`) then moves phi: phi <- phi + eps_t * D (the reference
-interpolation), or hands -D to a `torch.optim` optimiser as a pseudo-gradient. Subclasses define
-only `task_update`, the per-task contribution to D.
+An algorithm maps phi and a meta-batch of T tasks to a *meta direction* D = mean_i update_i in
+parameter space; the outer update (`reptorch.outer`) then moves phi: phi <- phi + eps_t * D (the
+reference interpolation), or hands -D to a `torch.optim` optimiser as a pseudo-gradient.
+Subclasses define only `task_update`, one task's update_i (Reptile: W_i - phi).
+
+The tasks run in one of two ways (`parallel`):
+- `sequential` ('loop', the default): one task after another, the reference's exact semantics:
+  with `inner_state='carry'` one inner optimiser state threads through every task in order.
+- `side_by_side` ('vmap'): all T tasks at once through the batched oracle, each from the same
+  inner state; the mean of their final states is carried on (faster on a GPU; what several
+  torchrun processes run).
+Losses are (T, k) at every boundary: per task (row), per inner step (column).
 """
 
 from __future__ import annotations
@@ -30,24 +38,18 @@ class MetaStep(NamedTuple):
 
 
 class TaskUpdate(NamedTuple):
-    update: Params  # this task's contribution to D
+    update: Params  # this task's contribution to D (T-batched on the side-by-side path)
     state: Any  # inner optimiser state after the task
-    losses: torch.Tensor  # (k,) or, batched, (k, T)
+    losses: torch.Tensor  # (k,) for one task, (T, k) for T tasks side by side
 
 
 class MetaAlgorithm:
-    """Runs the tasks of a meta-batch and averages their updates: D = mean_i update_i.
+    """D = mean_i update_i over a meta-batch's tasks, run `sequential`ly or `side_by_side`.
 
-    inner_state policy:
-      - 'carry' (the reference): one inner optimiser state threads through every task of every
-        meta-iteration. In 'loop' mode exactly in sequence; in 'vmap' mode every task of a
-        meta-batch starts from the same state and the mean of their final states is carried on
-        (`merge_task_states`).
-      - 'reset': a fresh inner state for every task.
-    parallel: 'loop' (default) runs the tasks of a meta-batch one after another, the reference's
-    exact semantics; 'vmap' all at once (faster on a GPU; several processes need it). A
-    first-order algorithm's loop runs each task through the batched oracle as a batch of one (the
-    fast conv-net oracle then shares the task's images over its workers); MAML's differentiates
+    inner_state: 'carry' (the reference) threads one inner optimiser state through every task of
+    every meta-iteration; 'reset' gives every task a fresh one. A first-order algorithm's
+    sequential path runs each task through the batched oracle as a batch of one (the fast
+    conv-net oracle then shares the task's images over its workers); MAML's differentiates
     through the per-task oracle.
     """
 
@@ -90,7 +92,8 @@ class MetaAlgorithm:
     def task_update(
         self, loss_and_grad: LossAndGrad, phi: Params, batches: list[Batch], state: Any
     ) -> TaskUpdate:
-        """One task's contribution to D (or T tasks' at once, given a batched oracle)."""
+        """One task's contribution to D (or T tasks' at once, given a batched oracle and
+        T-batched phi and mini-batches)."""
         raise NotImplementedError
 
     def meta_step(
@@ -103,35 +106,43 @@ class MetaAlgorithm:
     ) -> MetaStep:
         """xs (T, k, B, ...), ys (T, k, B): the k inner mini-batches of T tasks; `tail`, if given,
         a last mini-batch per task, (T, M, ...) and (T, M), taken after them (FOMAML's separate
-        tail)."""
-        start = inner_state if self.carries else self.inner.init(phi)
+        tail). `inner_state`: the state carried in from the last meta-iteration."""
         if self.parallel == "vmap":
-            batches = list(zip(xs.transpose(0, 1), ys.transpose(0, 1), strict=True))
-            if tail is not None:
-                batches.append(tail)
-            phis = tree.expand(phi, xs.shape[0])
-            result = self.task_update(self.batched_loss_and_grad, phis, batches, start)
-            carried = (
-                merge_task_states(result.state, self.task_mean) if self.carries else inner_state
-            )
-            return MetaStep(self.task_mean(result.update), carried, result.losses.T)
-        updates, losses, state = [], [], start
+            return self.side_by_side(phi, xs, ys, inner_state, tail)
+        return self.sequential(phi, xs, ys, inner_state, tail)
+
+    def sequential(
+        self, phi: Params, xs: torch.Tensor, ys: torch.Tensor, inner_state: Any, tail: Batch | None
+    ) -> MetaStep:
+        """Task after task, each from the state the one before it left (the reference)."""
+        updates, losses = [], []
+        state = inner_state if self.carries else self.inner.init(phi)
         for i in range(xs.shape[0]):
-            task_tail = None if tail is None else (tail[0][i], tail[1][i])
-            result = self._one_task(phi, xs[i], ys[i], state, task_tail)
+            batches = list(zip(xs[i], ys[i], strict=True))
+            if tail is not None:
+                batches.append((tail[0][i], tail[1][i]))
+            result = self.one_task(phi, batches, state)
             state = result.state if self.carries else self.inner.init(phi)
             updates.append(result.update)
             losses.append(result.losses)
         carried = state if self.carries else inner_state
         return MetaStep(tree.mean(updates), carried, torch.stack(losses))
 
-    def _one_task(
-        self, phi: Params, xs: torch.Tensor, ys: torch.Tensor, state: Any, tail: Batch | None
-    ) -> TaskUpdate:
-        """One task's update from `state` (loop mode): xs (k, B, ...), ys (k, B)."""
-        batches = list(zip(xs, ys, strict=True))
+    def side_by_side(
+        self, phi: Params, xs: torch.Tensor, ys: torch.Tensor, inner_state: Any, tail: Batch | None
+    ) -> MetaStep:
+        """All T tasks at once, each from the same state; their mean final state carries on."""
+        batches = list(zip(xs.transpose(0, 1), ys.transpose(0, 1), strict=True))  # k x (T, B)
         if tail is not None:
             batches.append(tail)
+        start = inner_state if self.carries else self.inner.init(phi)
+        phis = tree.expand(phi, xs.shape[0])
+        result = self.task_update(self.batched_loss_and_grad, phis, batches, start)
+        carried = merge_task_states(result.state, self.task_mean) if self.carries else inner_state
+        return MetaStep(self.task_mean(result.update), carried, result.losses)
+
+    def one_task(self, phi: Params, batches: list[Batch], state: Any) -> TaskUpdate:
+        """One task's update from `state` on the sequential path; losses (k,)."""
         if not self.first_order:
             return self.task_update(self.model.loss_and_grad, phi, batches, state)
         one = [(x[None], y[None]) for x, y in batches]  # a batch of one task
@@ -139,5 +150,5 @@ class MetaAlgorithm:
         return TaskUpdate(
             {k: v[0] for k, v in result.update.items()},
             merge_task_states(result.state),  # drops the task dim of one task: exact
-            result.losses.reshape(-1),
+            result.losses[0],
         )

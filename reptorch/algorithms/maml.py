@@ -51,9 +51,8 @@ class MAML(MetaAlgorithm):
         grads, losses = self.meta_gradient(phi, xs, ys, *batches[-1])
         return TaskUpdate(tree.scale(grads, -self.inner.lr), state, losses)
 
-    def meta_step(self, phi, xs, ys, inner_state, tail=None) -> MetaStep:
-        if self.parallel == "loop":
-            return super().meta_step(phi, xs, ys, inner_state, tail)
+    def side_by_side(self, phi, xs, ys, inner_state, tail) -> MetaStep:
+        """All T tasks' meta-gradients at once (vmap over tasks)."""
         if tail is None:  # shared tail: the k-th mini-batch drawn like the others
             xs, ys, tail = xs[:, :-1], ys[:, :-1], (xs[:, -1], ys[:, -1])
         grads, losses = vmap(self.meta_gradient, in_dims=(None, 0, 0, 0, 0))(phi, xs, ys, *tail)

@@ -1,9 +1,22 @@
-"""Reptile (Nichol, Achiam & Schulman 2018, Algorithms 1 and 2).
+"""Reptile (Nichol, Achiam & Schulman 2018, Algorithm 2; Algorithm 1 is the case n = 1).
 
-Serial:  phi <- phi + eps * (W - phi),            W = U^k_t(phi) for one task t.
-Batched: phi <- phi + eps * mean_i (W_i - phi),   W_i = U^k_{t_i}(phi) for n tasks.
-The meta direction is D = mean_i (W_i - phi); (phi - W) / alpha is the "Reptile gradient".
-Serial Reptile is the batched form with a meta-batch of one task.
+The paper's pseudo-code, line for line, beside the code that runs it:
+
+    Initialize phi                                    phi = model.init_params()
+    for iteration = 1, 2, ... do                      MetaLearner.step (reptorch.meta), once each
+        Sample tasks tau_1, ..., tau_n                TaskSampler.sample_train: xs (n, k, B, ...)
+        for i = 1, 2, ..., n do                       MetaAlgorithm.sequential (reptorch.algorithms
+                                                      .base): task after task, inner state carried
+            Compute W_i = SGD(L_tau_i, phi, k)        Reptile.task_update: adapt(...) below, k
+                                                      steps of the inner optimiser from phi
+        end for
+        Update phi <- phi + eps (1/n) sum_i (W_i - phi)   D = mean_i (W_i - phi) (base), then
+                                                      Interpolation.update: phi + eps_t D
+    end for
+
+The meta direction is D = mean_i (W_i - phi); (phi - W) / alpha is the "Reptile gradient", which
+an outer optimiser (`OuterOptimizer`) may take instead. As the reference code, the inner
+optimiser is Adam (beta1 = 0) whose state threads through the tasks, or plain SGD.
 """
 
 from __future__ import annotations
@@ -21,4 +34,4 @@ class Reptile(MetaAlgorithm):
         result = adapt(
             loss_and_grad, phi, batches, self.inner, state, weight_decay=self.weight_decay
         )
-        return TaskUpdate(tree.sub(result.params, phi), result.state, result.losses)
+        return TaskUpdate(tree.sub(result.params, phi), result.state, result.task_losses)
