@@ -1,14 +1,14 @@
-"""The static demo (`reptorch demo --export DIR`): the export itself, and the exported page in
-Debian's headless Chromium (Playwright), served by a plain static file server on 127.0.0.1 with
-every other request refused: its renderer gives `reptorch.demo.render`'s images bit for bit, its
-fine-tuning gives `Engine`'s probabilities, and drawing strokes into it classifies them."""
+"""The static demo (`reptorch demo --export DIR`) in Debian's headless Chromium (Playwright),
+served by a plain static file server on 127.0.0.1 with every other request refused: its renderer
+gives `reptorch.demo.render`'s images bit for bit, its fine-tuning gives `Engine`'s
+probabilities, and drawing strokes into it classifies them. (The export's files, without a
+browser: tests/test_demo_export.py.)"""
 
 from __future__ import annotations
 
 import functools
 import hashlib
 import http.server
-import json
 import threading
 from pathlib import Path
 
@@ -16,11 +16,10 @@ import numpy as np
 import pytest
 
 from reptorch.demo.engine import Engine
-from reptorch.demo.export import FORMAT, STATIC, export_site
+from reptorch.demo.export import STATIC, export_site
 from reptorch.demo.render import render
 from reptorch.demo.server import encode
 from reptorch.demo.strokes import load_examples
-from reptorch.errors import ConfigError
 from tests.test_demo_browser import ARGS, BOX, chromium  # noqa: F401 (the fixture)
 
 # Probabilities: Chromium computes in float64, Engine in float32 (the same operations otherwise);
@@ -99,46 +98,6 @@ def engine(trained_demo_model):
 def examples() -> list[list]:
     """The shipped drawings: examples[c][i], 5 characters x 6 drawers (105x105 frame)."""
     return [c["drawings"] for c in load_examples()["classes"]]
-
-
-def test_export_writes_a_complete_site_and_refuses_foreign_directories(
-    trained_demo_model, tmp_path
-):
-    target = tmp_path / "site"
-    summary = export_site(trained_demo_model, target)
-    meta = json.loads((target / "model.json").read_text())
-    assert meta["format"] == FORMAT and meta["classes"] == trained_demo_model.ways
-    parameters = sum(p["size"] for p in meta["parameters"])
-    assert (target / "weights.bin").stat().st_size == 3 * 4 * parameters  # phi, m, v in float32
-    page = (target / "index.html").read_text()
-    assert 'content="browser"' in page and 'content="server"' not in page
-    assert "http" not in page.replace("http-equiv", "")  # nothing fetched from elsewhere
-    assert len(meta["indices"]["3x1"]) == meta["inner_steps"] == 50
-    assert summary.total_bytes == sum(p.stat().st_size for p in target.rglob("*") if p.is_file())
-    # an earlier export is replaced whole; anything else is left alone with a one-line error
-    (target / "stale.txt").write_text("from an earlier export")
-    export_site(trained_demo_model, target)
-    assert not (target / "stale.txt").exists()
-    foreign = tmp_path / "foreign"
-    foreign.mkdir()
-    (foreign / "notes.txt").write_text("mine")
-    with pytest.raises(ConfigError, match="not empty and not an earlier export"):
-        export_site(trained_demo_model, foreign)
-    with pytest.raises(ConfigError, match="a file is in the way"):
-        export_site(trained_demo_model, foreign / "notes.txt")
-    assert (foreign / "notes.txt").read_text() == "mine"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["foreign", "site"]  # no leftovers
-
-
-def test_cli_export_prints_the_size_and_how_to_publish(tmp_path, capsys, trained_demo_model):
-    from reptorch.cli import main
-
-    assert main(["demo", "--export", str(tmp_path / "out")]) == 0
-    out = capsys.readouterr().out
-    assert "MiB" in out and "copy" in out and "http.server" in out
-    assert (tmp_path / "out" / "index.html").exists()
-    assert main(["demo", "--export", str(tmp_path / "x"), "--model", "no-such-model"]) == 1
-    assert "no shipped model" in capsys.readouterr().err
 
 
 def test_browser_renders_drawings_as_python_does(page, examples):

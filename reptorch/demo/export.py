@@ -36,7 +36,15 @@ from reptorch.inner_optim import Adam, AdamState
 
 FORMAT = "reptorch-static-demo"
 STATIC = Path(__file__).parent / "static"
-PAGE_FILES = ("demo.css", "demo.js", "render.js", "kernels.js", "engine.js", "browser.js")
+PAGE_FILES = (
+    "demo.css",
+    "demo.js",
+    "render.js",
+    "kernels.js",
+    "kernel-sets.js",
+    "engine.js",
+    "browser.js",
+)
 SERVED_ENGINE = '<meta name="reptorch-engine" content="server">'
 BROWSER_ENGINE = '<meta name="reptorch-engine" content="browser">'
 
