@@ -1,4 +1,10 @@
-"""Shared fixtures: data tests read ../shared/data; with CI=true missing data fails, not skips."""
+"""Shared fixtures: data tests read ../shared/data; with CI=true missing data fails, not skips.
+
+Two tiers. `pytest -q` runs the quick one (under 3 minutes on an idle 2-core machine); the long
+one, `pytest -q -m slow`, holds the end-to-end runs listed in `LONG_TIER` (torchrun jobs, whole
+commands in subprocesses, a browser, thousands of drawings or tasks), marked `slow` here at
+collection; `.ci/run` runs both. `tests/test_tiers.py` checks that every name listed exists.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,36 @@ import os
 from pathlib import Path
 
 import pytest
+
+# file -> the tests of the long tier in it (None: all of them); each took 10 s or more here
+LONG_TIER: dict[str, tuple[str, ...] | None] = {
+    "test_distributed.py": None,  # torchrun jobs of 2-5 processes
+    "test_tabular_cli.py": None,  # the tabular study's quick run
+    "test_demo_fidelity.py": None,  # 1,000 tasks of rendered strokes
+    "test_demo_browser.py": None,  # Chromium
+    "test_demo_static.py": None,  # the static export in Chromium
+    "test_pretrained.py": (  # the card's per-task scores, 100 tasks per cell
+        "test_evaluation_reproduces_the_cards_per_task_scores",
+        "test_eval_cli_with_model_prints_the_cards_figure",
+    ),
+    "test_resume.py": ("test_sigkill_and_resume_is_bit_identical",),
+    "test_demo_render.py": ("test_rendered_strokes_look_like_the_official_images",),
+    "test_demo_server.py": (
+        "test_cli_mistakes_are_one_line",
+        "test_fifty_concurrent_clients_get_their_own_answers",
+        "test_package_data_ships_the_page_and_examples",
+    ),
+    "test_download.py": ("test_download_extract",),
+}
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        names = LONG_TIER.get(item.path.name, ())
+        if names is None or getattr(item, "originalname", item.name) in names:
+            item.add_marker(pytest.mark.slow)
+
 
 SHARED_DATA = Path(
     os.environ.get("REPTORCH_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
