@@ -336,6 +336,8 @@ def test_package_data_ships_the_page_and_examples(tmp_path):
 
     (wheel,) = tmp_path.glob("reptorch-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    for name in ("static/index.html", "static/demo.js", "static/demo.css", "examples/README.md"):
+    from reptorch.demo.export import PAGE_FILES  # the page's files, the static export's too
+
+    for name in ("static/index.html", *(f"static/{f}" for f in PAGE_FILES), "examples/README.md"):
         assert f"reptorch/demo/{name}" in names
     assert sum(n.startswith("reptorch/demo/examples/") and n.endswith(".txt") for n in names) == 30
