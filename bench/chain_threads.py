@@ -31,7 +31,6 @@ from reptorch.functional import FunctionalModel
 from reptorch.inner_optim import Adam
 from reptorch.losses import cross_entropy_sum
 from reptorch.meta import MetaLearner
-from reptorch.models import OmniglotNet
 from reptorch.outer import Interpolation
 
 # mode -> (fast-oracle worker threads, torch intra-op threads); None: all the cores
@@ -46,7 +45,7 @@ def exact_step(s: Setting, workers: int) -> tuple[MetaLearner, Callable[[int], N
     """A learner, and one exact (`parallel='loop'`) meta-iteration of it per call, on 4 cycling
     synthetic batches."""
     torch.manual_seed(0)
-    model = FunctionalModel(OmniglotNet(s.ways), cross_entropy_sum)
+    model = FunctionalModel(s.network(), cross_entropy_sum)
     oracle = model.batched_loss_and_grad(workers=workers)
     algorithm = Reptile(model, Adam(s.lr), parallel="loop", batched_loss_and_grad=oracle)
     learner = MetaLearner(algorithm, Interpolation(1.0, 0.0, 100_000), model.init_params())

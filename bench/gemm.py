@@ -37,9 +37,3 @@ def conv_net_forward_flops(
         total += 2 * out * out * 9 * cin * filters
         size, cin = (math.ceil(out / 2) if pool else out), filters
     return total + 2 * size * size * filters * classes
-
-
-def omniglot_train_flops(ways: int, meta_batch: int, inner_iters: int, inner_batch: int) -> float:
-    """FLOP of one meta-iteration: forward + backward ~ 3 x forward per image (issue 5's count)."""
-    per_image = 3 * conv_net_forward_flops(28, 1, 64, ways, 2, False)
-    return per_image * meta_batch * inner_iters * inner_batch

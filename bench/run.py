@@ -20,6 +20,7 @@ import datetime
 import platform
 import resource
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -28,21 +29,22 @@ from dataclasses import dataclass
 import torch
 
 from bench.baseline import SerialReptile
-from bench.gemm import omniglot_train_flops, sgemm_gflops
+from bench.gemm import conv_net_forward_flops, sgemm_gflops
 from reptorch import tree
 from reptorch.adapt import adapt
 from reptorch.algorithms.reptile import Reptile
+from reptorch.chain_threads import resolve_chain_workers
 from reptorch.functional import FunctionalModel
 from reptorch.inner_optim import Adam
 from reptorch.losses import cross_entropy_sum
 from reptorch.meta import MetaLearner
-from reptorch.models import OmniglotNet
+from reptorch.models import MiniImageNetNet, OmniglotNet
 from reptorch.outer import Interpolation
 
 
 @dataclass(frozen=True)
 class Setting:
-    """Meta-training settings of the paper (docs/paper-reference.md, section 4)."""
+    """Meta-training settings of the paper (docs/paper-reference.md, section 4 and Appendix A)."""
 
     name: str
     ways: int
@@ -50,12 +52,31 @@ class Setting:
     inner_iters: int
     lr: float
     meta_batch: int = 5
+    dataset: str = "omniglot"
+
+    @property
+    def image(self) -> tuple[int, int, int]:
+        return (3, 84, 84) if self.dataset == "miniimagenet" else (1, 28, 28)
+
+    def network(self) -> torch.nn.Module:
+        return (MiniImageNetNet if self.dataset == "miniimagenet" else OmniglotNet)(self.ways)
+
+    @property
+    def flops(self) -> float:
+        """FLOP of one meta-iteration (forward + backward ~ 3 x forward per image)."""
+        channels, side, _ = self.image
+        stride, pool = (1, True) if self.dataset == "miniimagenet" else (2, False)
+        filters = 32 if self.dataset == "miniimagenet" else 64
+        per_image = 3 * conv_net_forward_flops(side, channels, filters, self.ways, stride, pool)
+        return per_image * self.meta_batch * self.inner_iters * self.inner_batch
 
 
 SETTINGS = [
     Setting("Omniglot 5w1s", 5, 10, 5, 1e-3),
     Setting("Omniglot 5w5s", 5, 10, 5, 1e-3),  # training is identical to 5w1s (shots: eval only)
     Setting("Omniglot 20w1s", 20, 20, 10, 5e-4),
+    # 1-shot and 5-shot train alike (train shots 15, inner batch 10, 8 steps, Adam 1e-3)
+    Setting("Mini-ImageNet 5w1s", 5, 10, 8, 1e-3, dataset="miniimagenet"),
 ]
 
 
@@ -75,41 +96,53 @@ def _sync(device: torch.device) -> None:
 
 
 def synthetic_batches(s: Setting, count: int, device: torch.device, seed: int = 0):
-    """`count` meta-batches xs (T, k, B, 1, 28, 28) in [0, 1], ys (T, k, B) in [0, ways)."""
+    """`count` meta-batches xs (T, k, B, C, H, W) in [0, 1], ys (T, k, B) in [0, ways):
+    Omniglot's binary ink, Mini-ImageNet's uniform colours."""
     gen = torch.Generator().manual_seed(seed)
     shape = (count, s.meta_batch, s.inner_iters, s.inner_batch)
-    xs = (torch.rand(*shape, 1, 28, 28, generator=gen) > 0.2).float()
+    xs = torch.rand(*shape, *s.image, generator=gen)
+    if s.dataset == "omniglot":
+        xs = (xs > 0.2).float()
     ys = torch.randint(0, s.ways, shape, generator=gen)
     return xs.to(device), ys.to(device)
 
 
-def reptorch_step(s: Setting, device: torch.device, mode: str = "library") -> Callable[[int], None]:
+def batches_for(s: Setting) -> int:
+    """Synthetic meta-batches cycled through: 4, or 2 of Mini-ImageNet's 135 MB ones."""
+    return 2 if s.dataset == "miniimagenet" else 4
+
+
+def reptorch_step(
+    s: Setting, device: torch.device, mode: str = "library", chain_workers: int = 0
+) -> Callable[[int], None]:
     """The library's training step: `MetaLearner` + `Reptile` + inner `Adam`.
 
     mode: 'library' (the `reptorch.fast` oracle with its own inner loop, the tasks of a
     meta-batch side by side from one merged inner state), 'exact' (the reference's semantics,
-    `parallel='loop'`: the tasks in sequence threading one inner Adam state, in one thread),
-    'vmap' (the generic `vmap(grad_and_value)` oracle in the core's
-    inner loop). The reference's summed loss throughout.
+    `parallel='loop'`: the tasks in sequence threading one inner Adam state, its steps split
+    over `chain_workers` workers, 0: the default `reptorch train` chooses), 'vmap' (the generic
+    `vmap(grad_and_value)` oracle in the core's inner loop). The reference's summed loss.
     """
     torch.manual_seed(0)
-    model = FunctionalModel(OmniglotNet(s.ways).to(device), cross_entropy_sum)
-    # the exact mode runs in one thread, as `reptorch train --parallel loop` does (splitting a
-    # task's 10 images over two threads measured slower than one thread)
-    workers = 1 if mode == "exact" else None
+    net = s.network().to(device)
+    model = FunctionalModel(net, cross_entropy_sum)
+    workers = resolve_chain_workers(chain_workers, net, True) if mode == "exact" else None
     oracle = model.batched_loss_and_grad(fast=mode != "vmap", workers=workers)
     parallel = "loop" if mode == "exact" else "vmap"
     algorithm = Reptile(model, Adam(s.lr), parallel=parallel, batched_loss_and_grad=oracle)
     learner = MetaLearner(algorithm, Interpolation(1.0, 0.0, 100_000), model.init_params())
-    xs, ys = synthetic_batches(s, 4, device)
-    return lambda i: learner.step(xs[i % 4], ys[i % 4])
+    count = batches_for(s)
+    xs, ys = synthetic_batches(s, count, device)
+    return lambda i: learner.step(xs[i % count], ys[i % count])
 
 
 def baseline_step(s: Setting, device: torch.device) -> Callable[[int], None]:
+    """What a user would write: one `nn.Module` on PyTorch's own convolutions (all threads)."""
     torch.manual_seed(0)
-    learner = SerialReptile(OmniglotNet(s.ways).to(device), s.lr)
-    xs, ys = synthetic_batches(s, 4, device)
-    return lambda i: learner.step(xs[i % 4], ys[i % 4])
+    learner = SerialReptile(s.network().to(device), s.lr)
+    count = batches_for(s)
+    xs, ys = synthetic_batches(s, count, device)
+    return lambda i: learner.step(xs[i % count], ys[i % count])
 
 
 def interleaved_rates(
@@ -203,9 +236,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds, smaller samples")
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    parser.add_argument("--settings", default="all", help="comma list of 5w1s,5w5s,20w1s")
+    parser.add_argument(
+        "--settings", default="all", help="comma list of 5w1s,5w5s,20w1s,mini (default: all)"
+    )
     parser.add_argument("--no-eval", action="store_true")
     parser.add_argument("--vmap", action="store_true", help="also time the library's vmap oracle")
+    parser.add_argument(
+        "--busy", type=int, default=1, help="busy processes beside the second table (0: skip it)"
+    )
     parser.add_argument("--memory-iters", type=int, default=0, help="only: RSS over N iters")
     parser.add_argument("--markdown", default=None, help="append the result table to this file")
     args = parser.parse_args(argv)
@@ -217,67 +255,130 @@ def main(argv: list[str] | None = None) -> None:
     eval_tasks = 100 if args.quick else 1000
     env = environment(device)
     gemm = sgemm_gflops(device=str(device))
+    wanted = [s for s in SETTINGS if args.settings == "all" or _key(s) in args.settings.split(",")]
     rows = []
-    wanted = (
-        SETTINGS
-        if args.settings == "all"
-        else [s for s in SETTINGS if s.name.split()[-1] in args.settings.split(",")]
-    )
     for s in wanted:
         runs = {
-            "reptorch": reptorch_step(s, device),
-            "baseline": baseline_step(s, device),
             "exact": reptorch_step(s, device, "exact"),
+            "baseline": baseline_step(s, device),
+            "exact, 1 worker": reptorch_step(s, device, "exact", chain_workers=1),
+            "merged": reptorch_step(s, device),
         }
         if args.vmap:
             runs["vmap oracle"] = reptorch_step(s, device, "vmap")
-        rates = interleaved_rates(runs, rounds, per_round, device)
-        flops = omniglot_train_flops(s.ways, s.meta_batch, s.inner_iters, s.inner_batch)
-        rows.append((s, rates, flops))
+        # Mini-ImageNet's meta-iterations take seconds: fewer of them per round
+        big = s.dataset == "miniimagenet"
+        rates = interleaved_rates(runs, rounds, 1 if big else per_round, device)
+        rows.append((s, rates))
+        del runs
+    busy_rows = []
+    if args.busy and device.type == "cpu":
+        busy_rows = beside_busy(wanted, args.busy, rounds, per_round)
     evals = {}
     if not args.no_eval:
         for mode in ("transductive", "non-transductive"):
             # chunks of 500 tasks, as `reptorch eval` runs the Omniglot 5w1s evaluation
             evals[mode] = evaluation_rate(mode, device, eval_tasks, chunk=min(500, eval_tasks))
     args_text = sys.argv[1:] if argv is None else argv
-    report = format_report(env, gemm, rows, evals, " ".join(["python -m bench.run", *args_text]))
+    command = " ".join(["python -m bench.run", *args_text])
+    report = format_report(env, gemm, rows, busy_rows, args.busy, evals, command)
     print(report)
     if args.markdown:
         with open(args.markdown, "a") as f:
             f.write("\n" + report + "\n")
 
 
-def format_report(env, gemm, rows, evals, command) -> str:
+def _key(s: Setting) -> str:
+    return "mini" if s.dataset == "miniimagenet" else s.name.split()[-1]
+
+
+def beside_busy(
+    wanted: list[Setting], busy: int, rounds: int, per_round: int
+) -> list[tuple[Setting, dict[str, list[float]]]]:
+    """The exact chain's ways of using the cores while `busy` processes each hold a core
+    busy-looping (the niced training run a benchmark or a user's other job lives beside)."""
+    processes = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(busy)]
+    try:
+        out = []
+        for s in wanted:
+            if s.name.endswith("5w5s"):  # trains exactly as 5w1s
+                continue
+            runs = {
+                "default": reptorch_step(s, torch.device("cpu"), "exact"),
+                "1 worker": reptorch_step(s, torch.device("cpu"), "exact", chain_workers=1),
+                "2 workers": reptorch_step(s, torch.device("cpu"), "exact", chain_workers=2),
+                "intra-op 2 threads": _intra_op(reptorch_step(s, torch.device("cpu"), "exact", 1)),
+            }
+            big = s.dataset == "miniimagenet"
+            out.append((s, interleaved_rates(runs, rounds, 1 if big else per_round, _CPU)))
+            del runs
+        return out
+    finally:
+        for process in processes:
+            process.kill()
+
+
+_CPU = torch.device("cpu")
+
+
+def _intra_op(step: Callable[[int], None], threads: int = 2) -> Callable[[int], None]:
+    """`step` with `threads` OpenMP intra-op threads (`--chain-threads`), then put back."""
+
+    def run(i: int) -> None:
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            step(i)
+        finally:
+            torch.set_num_threads(before)
+
+    return run
+
+
+def format_report(env, gemm, rows, busy_rows, busy, evals, command) -> str:
     lines = [f"- command: `{command}`"] + [f"- {k}: {v}" for k, v in env.items()]
     lines.append(f"- SGEMM (2048^3 fp32, all threads): {gemm:.0f} GFLOP/s")
     lines += [
         "",
-        "Median of the interleaved rounds; the baseline's best round in brackets, and the ratio"
-        " to it (the conservative figure: the baseline slows down over a run on this machine).",
+        "Median of the interleaved rounds. exact: the default `reptorch train` step, the"
+        " reference's semantics (`parallel='loop'`: the tasks in sequence threading one inner"
+        " Adam state), its steps split over the workers `--chain-workers 0` chooses; baseline:"
+        " a plain `nn.Module` + `torch.optim.Adam` loop on PyTorch's own convolutions, all"
+        " threads (`bench/baseline.py`); merged: the tasks side by side from one merged inner"
+        " state (`--parallel vmap`).",
         "",
-        "reptorch: the tasks of a meta-batch side by side from one merged inner state; exact:"
-        " the reference's semantics (tasks in sequence threading one inner Adam state, one chain of"
-        " dependent steps in one thread), `parallel='loop'`.",
-        "",
-        "| setting | reptorch it/s | baseline it/s | reptorch / baseline | reptorch GFLOP/s |"
-        " % of SGEMM | exact it/s (exact / reptorch) | others it/s |",
-        "|---|---|---|---|---|---|---|---|",
+        "| setting | exact it/s (s/it) | workers | baseline it/s | exact / baseline |"
+        " exact GFLOP/s | % of SGEMM | exact, 1 worker it/s | merged it/s | others |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for s, rates, flops in rows:
-        rep = statistics.median(rates["reptorch"])
-        base, best = statistics.median(rates["baseline"]), max(rates["baseline"])
+    for s, rates in rows:
+        med = {k: statistics.median(v) for k, v in rates.items()}
+        exact, base = med["exact"], med["baseline"]
+        workers = resolve_chain_workers(0, s.network(), True)
+        gflops = exact * s.flops / 1e9
         others = ", ".join(
-            f"{k}: {statistics.median(v):.1f}"
-            for k, v in rates.items()
-            if k not in ("reptorch", "baseline", "exact")
+            f"{k}: {v:.2f}"
+            for k, v in med.items()
+            if k not in ("exact", "baseline", "exact, 1 worker", "merged")
         )
-        exact = statistics.median(rates["exact"])
         lines.append(
-            f"| {s.name} | {rep:.1f} | {base:.1f} (best {best:.1f}) |"
-            f" {rep / base:.2f}x ({rep / best:.2f}x) | {rep * flops / 1e9:.0f} |"
-            f" {100 * rep * flops / 1e9 / gemm:.0f}% | {exact:.1f} ({exact / rep:.2f}x) |"
-            f" {others or '-'} |"
+            f"| {s.name} | {exact:.2f} ({1 / exact:.3f}) | {workers} | {base:.2f} |"
+            f" {exact / base:.2f}x | {gflops:.0f} | {100 * gflops / gemm:.0f}% |"
+            f" {med['exact, 1 worker']:.2f} | {med['merged']:.2f} | {others or '-'} |"
         )
+    if busy_rows:
+        lines += [
+            "",
+            f"With {busy} busy-looping process(es) beside it (the exact step; ratio to 1 worker):",
+            "",
+            "| setting | default it/s | 1 worker it/s | 2 workers it/s | intra-op 2 threads it/s |",
+            "|---|---|---|---|---|",
+        ]
+        for s, rates in busy_rows:
+            med = {k: statistics.median(v) for k, v in rates.items()}
+            one = med["1 worker"]
+            cells = [f"{med[k]:.2f} ({med[k] / one:.2f}x)" for k in med if k != "1 worker"]
+            lines.append(f"| {s.name} | {cells[0]} | {one:.2f} | {cells[1]} | {cells[2]} |")
     if evals:
         lines += ["", "| evaluation (5w1s, 50 steps) | tasks/s | 10,000 tasks |", "|---|---|---|"]
         for mode, rate in evals.items():
