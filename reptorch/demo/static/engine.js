@@ -32,7 +32,6 @@ const ReptorchEngine = (() => {
       this.sides = [28];
       for (let l = 0; l < 4; l++) this.sides.push(Math.ceil(this.sides[l] / STRIDE));
       this.features = this.sides[4] * this.sides[4] * this.filters;
-      this.names = meta.parameters.map((p) => p.name);
     }
 
     // Forward pass of n distinct images (Float64Array n*784) with multiplicities `counts`
