@@ -6,10 +6,11 @@ Python engine's on the same tasks, in the same run.
 Exports the model, serves the directory with Python's static file server on 127.0.0.1, opens it
 in Debian's Chromium (Playwright) and times, on distinct support sets made of the shipped
 example drawings (so that no fine-tuning is cached):
-- `page`: what the page waits for, through its backend (static/browser.js): a new support set
-  (render + 50 fine-tuning steps + predict) and a query stroke once the support set is tuned;
-- `engine`: the browser engine's fine-tuning + prediction alone, with the WebAssembly kernels
-  and with the JavaScript fallback (the measurement behind the choice);
+- `page`: what the page waits for, through its backend (static/browser.js, the engine in a Web
+  Worker): a new support set (render + 50 fine-tuning steps + predict) and a query stroke once
+  the support set is tuned;
+- `engine`: the browser engine's fine-tuning + prediction alone, on the page's thread, with the
+  WebAssembly kernels and with the JavaScript fallback (the measurement behind the choice);
 - `python`: `reptorch.demo.engine.Engine.predict` on the same images, one thread, as
   `reptorch demo` runs it (the served demo's engine, without HTTP).
 Reports medians and 90th percentiles in ms, the load average and the export's size.
@@ -38,11 +39,13 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--d
 SETTINGS = {"3-way 1-shot": (3, 1), "5-way 5-shot": (5, 5)}
 
 MEASURE = """async ([tasks, kernels]) => {
-    const backend = window.reptorchDemo.backend;
+    const backend = window.reptorchDemo.backend;  // the page's: a BrowserBackend in a worker
+    const local = await new ReptorchBackends.BrowserBackend().load();
     const out = { page_new_support: [], page_query: [], engine: [] };
-    const engine = new ReptorchEngine.Engine(backend.engine.meta, backend.weights, kernels);
+    const engine = new ReptorchEngine.Engine(local.engine.meta, local.weights, kernels);
+    engine.warmUp();
     for (const task of tasks) {
-        if (kernels === backend.engine.kernels) {
+        if (kernels === local.engine.kernels) {
             let start = performance.now();
             await backend.predict(task.support, task.query);
             out.page_new_support.push(performance.now() - start);
@@ -104,8 +107,11 @@ def stats(values: list[float]) -> dict:
     }
 
 
-def python_engine(model, chosen: list[dict]) -> list[float]:
-    """Engine.predict (fresh fine-tuning) on the same images, one thread, as `reptorch demo`."""
+def python_engine(model, chosen: list[dict]) -> tuple[list[float], bool]:
+    """Engine.predict (fresh fine-tuning) on the same images, one thread, as `reptorch demo`:
+    (times, whether reptorch.fast fell back to eager PyTorch, i.e. slower than it should)."""
+    import warnings
+
     import torch
 
     from reptorch.demo.engine import Engine
@@ -113,7 +119,10 @@ def python_engine(model, chosen: list[dict]) -> list[float]:
 
     torch.set_num_threads(1)
     engine = Engine(model, workers=1)
-    engine.warm_up()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        engine.warm_up()
+    eager = any("no TorchScript" in str(w.message) for w in caught)
     times = []
     for task in chosen:
         support = np.stack([np.stack([render(d) for d in shots]) for shots in task["support"]])
@@ -122,7 +131,7 @@ def python_engine(model, chosen: list[dict]) -> list[float]:
         start = time.perf_counter()
         engine.predict(support, query)
         times.append((time.perf_counter() - start) * 1e3)
-    return times
+    return times, eager
 
 
 def main() -> None:
@@ -164,8 +173,9 @@ def main() -> None:
                     "page_query_stroke": stats(wasm["page_query"]),
                     "engine_webassembly": stats(wasm["engine"]),
                     "engine_javascript": stats(js["engine"]),
-                    "python_engine": stats(python_engine(model, timed)),
                 }
+                times, eager = python_engine(model, timed)
+                results[name]["python_engine"] = stats(times) | {"eager_fallback": eager}
                 print(name, json.dumps(results[name]), flush=True)
             browser.close()
         server.shutdown()

@@ -158,8 +158,8 @@ def test_browser_engine_kernels_agree_and_were_built_from_their_source(page, exa
     fine-tuning; static/kernels.js was built from the static/kernels.wat beside it."""
     support = [[examples[c][0]] for c in (0, 2, 4)]
     got = page.evaluate(
-        """([support, query]) => {
-            const backend = window.reptorchDemo.backend;
+        """async ([support, query]) => {
+            const backend = await new ReptorchBackends.BrowserBackend().load();  // in the page
             const images = support.flat().map((d) => ReptorchRender.render(d));
             const q = ReptorchRender.render(query);
             const meta = backend.engine.meta;
@@ -196,6 +196,8 @@ def test_exported_page_classifies_drawn_strokes_offline(page, examples):
     assert page.locator(".bar.best").get_attribute("data-class") == str(query_class)
     assert "fine-tuning reused" in page.inner_text("#status")
     assert "in your browser" in page.inner_text("#model")
+    # the engine ran in a Web Worker, off the page's thread
+    assert page.evaluate("window.reptorchDemo.backend instanceof ReptorchBackends.WorkerBackend")
     assert page.locator("#api-link").count() == 0  # no JSON API without a server
 
 

@@ -44,6 +44,7 @@ PAGE_FILES = (
     "kernel-sets.js",
     "engine.js",
     "browser.js",
+    "worker.js",
 )
 SERVED_ENGINE = '<meta name="reptorch-engine" content="server">'
 BROWSER_ENGINE = '<meta name="reptorch-engine" content="browser">'

@@ -1,9 +1,11 @@
-// The page's two backends, with the same methods and the same answers' shapes:
+// The page's backends, with the same methods and the same answers' shapes:
 // - ServerBackend: the JSON API of `reptorch demo` (reptorch/demo/server.py);
 // - BrowserBackend: the static export (`reptorch demo --export DIR`), which renders
-//   (static/render.js), fine-tunes and predicts (static/engine.js) in the page itself, from the
+//   (static/render.js), fine-tunes and predicts (static/engine.js) in the browser, from the
 //   model files next to index.html. Like the server, it keeps the weights fine-tuned on the
-//   last 16 support sets, so that the query's strokes cost one forward pass each.
+//   last 16 support sets, so that the query's strokes cost one forward pass each;
+// - WorkerBackend: the page's way to a BrowserBackend running in a Web Worker (static/worker.js),
+//   so that the page stays responsive while it fine-tunes.
 "use strict";
 
 const ReptorchBackends = (() => {
@@ -33,19 +35,21 @@ const ReptorchBackends = (() => {
 
   const CACHED = 16; // fine-tuned weight sets kept (reptorch.demo.engine.CACHED)
   const LIMITS = { strokes: 64, points: 4000 }; // reptorch.demo.server MAX_STROKES, MAX_POINTS
-  // Lets the page paint ("Fine-tuning...") before the main thread is busy for a second.
-  const paint = () => new Promise((resolve) => setTimeout(resolve, 0));
+  // In a page (not a worker): lets it paint ("Fine-tuning...") before its thread is busy.
+  const paint = () =>
+    typeof document === "undefined" ? Promise.resolve() : new Promise((resolve) => setTimeout(resolve, 0));
 
   class BrowserBackend {
-    constructor() { this.apiDocs = false; this.tuned = new Map(); this.images = new Map(); }
+    // root: where index.html and the model's files are, relative to the running script's page
+    constructor(root = "") { this.root = root; this.apiDocs = false; this.tuned = new Map(); this.images = new Map(); }
 
     async load() {
       if (location.protocol === "file:") {
         throw new Error("browsers do not let a page opened from a file read its model: " +
           "serve this directory, e.g. python3 -m http.server -d DIR, and open http://127.0.0.1:8000/");
       }
-      const meta = await getJSON("model.json");
-      const response = await fetch(meta.weights);
+      const meta = await getJSON(this.root + "model.json");
+      const response = await fetch(this.root + meta.weights);
       if (!response.ok) throw new Error(`${meta.weights}: ${response.status} ${response.statusText}`);
       this.meta = meta;
       this.weights = await response.arrayBuffer();
@@ -64,7 +68,7 @@ const ReptorchBackends = (() => {
       };
     }
 
-    examples() { return getJSON("examples.json"); }
+    examples() { return getJSON(this.root + "examples.json"); }
 
     // The 28x28 image of a drawing (Float32Array), kept by its points as the server's cache.
     image(drawing, where) {
@@ -132,12 +136,44 @@ const ReptorchBackends = (() => {
     }
   }
 
+  // A BrowserBackend in a Web Worker: the same methods, answered by messages.
+  class WorkerBackend {
+    constructor() {
+      this.apiDocs = false;
+      this.pending = new Map();
+      this.next = 0;
+      this.worker = new Worker("static/worker.js");
+      this.worker.onmessage = ({ data }) => {
+        const { resolve, reject } = this.pending.get(data.id);
+        this.pending.delete(data.id);
+        if (data.error !== undefined) reject(new Error(data.error));
+        else resolve(data.result);
+      };
+    }
+
+    call(method, ...args) {
+      const id = this.next++;
+      return new Promise((resolve, reject) => {
+        this.pending.set(id, { resolve, reject });
+        this.worker.postMessage({ id, method, args });
+      });
+    }
+
+    async load() { await this.info(); return this; } // the worker has loaded and warmed up
+    info() { return this.call("info"); }
+    examples() { return this.call("examples"); }
+    render(drawings) { return this.call("render", drawings); }
+    fineTune(support) { return this.call("fineTune", support); }
+    predict(support, query) { return this.call("predict", support, query); }
+  }
+
   // The backend the page was built for: <meta name="reptorch-engine" content="server|browser">.
   async function choose() {
     const tag = document.querySelector('meta[name="reptorch-engine"]');
-    if (tag && tag.content === "browser") return new BrowserBackend().load();
-    return new ServerBackend();
+    if (!tag || tag.content !== "browser") return new ServerBackend();
+    if (location.protocol === "file:") return new BrowserBackend().load(); // says how to serve it
+    return new WorkerBackend().load();
   }
 
-  return { ServerBackend, BrowserBackend, choose };
+  return { ServerBackend, BrowserBackend, WorkerBackend, choose };
 })();
