@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from reptorch.io import atomic_write_bytes  # noqa: E402
+from reptorch.run.io import atomic_write_bytes  # noqa: E402
 
 
 def plot_sine_figure(

@@ -13,7 +13,7 @@ import sys
 import torch
 
 from reptorch import distributed
-from reptorch.training import load_trainer
+from reptorch.run.training import load_trainer
 
 
 def main(run: str, data_dir: str, tasks: str, out: str) -> None:

@@ -40,10 +40,10 @@ def untrained_omniglot_run(directory, eval_iters: int = 10, ways: int = 5):
     import json
     from pathlib import Path
 
-    from reptorch.checkpoint import Checkpoint, save_checkpoint
     from reptorch.config import resolve
     from reptorch.functional import FunctionalModel
     from reptorch.inner_optim import Adam
+    from reptorch.run.checkpoint import Checkpoint, save_checkpoint
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

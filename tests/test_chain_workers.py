@@ -13,7 +13,7 @@ from reptorch.chain_threads import resolve_chain_workers
 from reptorch.config import TrainConfig, resolve
 from reptorch.errors import ConfigError
 from reptorch.models import MiniImageNetNet, OmniglotNet, SineMLP
-from reptorch.training import Trainer
+from reptorch.run.training import Trainer
 
 
 @pytest.fixture()

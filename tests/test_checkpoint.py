@@ -7,17 +7,17 @@ import json
 import pytest
 import torch
 
-from reptorch.checkpoint import (
+from reptorch.cli import main
+from reptorch.errors import CheckpointError
+from reptorch.inner_optim import AdamState, SGDState
+from reptorch.outer import OuterOptimizer
+from reptorch.run.checkpoint import (
     Checkpoint,
     list_checkpoints,
     load_checkpoint,
     paths,
     save_checkpoint,
 )
-from reptorch.cli import main
-from reptorch.errors import CheckpointError
-from reptorch.inner_optim import AdamState, SGDState
-from reptorch.outer import OuterOptimizer
 
 
 def _checkpoint(iteration: int = 7) -> Checkpoint:

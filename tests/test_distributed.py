@@ -28,12 +28,12 @@ import pytest
 import torch
 
 from reptorch import tree
-from reptorch.checkpoint import list_checkpoints, load_checkpoint
 from reptorch.config import TrainConfig
 from reptorch.distributed import Group, timeout_seconds
 from reptorch.errors import ConfigError
-from reptorch.run_setup import check_group
-from reptorch.training import load_trainer
+from reptorch.run.checkpoint import list_checkpoints, load_checkpoint
+from reptorch.run.setup import check_group
+from reptorch.run.training import load_trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 ITERS, EVERY = 12, 2

@@ -12,7 +12,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from reptorch.checkpoint import load_checkpoint
 from reptorch.cli import main
 from reptorch.errors import ConfigError
 from reptorch.experiments.gradcomb import (
@@ -22,7 +21,8 @@ from reptorch.experiments.gradcomb import (
     smooth,
     train_config,
 )
-from reptorch.training import Trainer
+from reptorch.run.checkpoint import load_checkpoint
+from reptorch.run.training import Trainer
 
 # paper-reference section 7: label -> (k, train shots, meta step, update)
 PAPER_TABLE = {

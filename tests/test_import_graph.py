@@ -5,7 +5,7 @@ from tools.import_graph import circles, imports, layer_breaches, main, modules
 
 def test_no_circles_and_the_layers_hold(capsys) -> None:
     graph = imports(modules())
-    assert "reptorch.training" in graph and "reptorch.algorithms.base" in graph
+    assert "reptorch.run.training" in graph and "reptorch.algorithms.base" in graph
     assert circles(graph) == [] and layer_breaches(graph) == []
     assert main([]) == 0
     assert "no circles" in capsys.readouterr().out

@@ -11,7 +11,7 @@ from reptorch.fast import ConvNetOracle
 from reptorch.functional import FunctionalModel
 from reptorch.inner_optim import SGD
 from reptorch.losses import cross_entropy_mean, cross_entropy_sum, loss_for
-from reptorch.run_setup import build_module
+from reptorch.run.setup import build_module
 
 from .helpers import image_tasks, tiny_convnet
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from reptorch.cli import main
-from reptorch.metrics_log import COLUMNS, read_metrics
 from reptorch.plots import moving_average
+from reptorch.run.metrics_log import COLUMNS, read_metrics
 
 
 def _png_size(path: Path) -> tuple[int, int]:

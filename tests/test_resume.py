@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from reptorch.checkpoint import list_checkpoints, load_checkpoint
+from reptorch.run.checkpoint import list_checkpoints, load_checkpoint
 
 ITERS, EVERY, KILL_AFTER = 60, 2, 6
 

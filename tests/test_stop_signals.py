@@ -13,12 +13,12 @@ import time
 import pytest
 import torch
 
-from reptorch.checkpoint import list_checkpoints
 from reptorch.cli import build_parser
 from reptorch.cli.train import config_from_args
 from reptorch.errors import RunStopped
-from reptorch.stop_signals import StopSignals
-from reptorch.training import Trainer
+from reptorch.run.checkpoint import list_checkpoints
+from reptorch.run.stop_signals import StopSignals
+from reptorch.run.training import Trainer
 
 SINE = ["--dataset", "sine", "--inner-iters", "2", "--eval-interval", "5", "--eval-samples", "0"]
 SINE += ["--eval-iters", "2", "--device", "cpu", "--checkpoint-every", "100"]

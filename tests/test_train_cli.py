@@ -15,7 +15,7 @@ from reptorch.errors import ConfigError
 from reptorch.functional import FunctionalModel
 from reptorch.losses import cross_entropy_mean, cross_entropy_sum, mse_sum
 from reptorch.models import OmniglotNet, SineMLP
-from reptorch.training import Trainer
+from reptorch.run.training import Trainer
 
 TINY = ["--classes", "3", "--shots", "1", "--train-shots", "3", "--inner-batch", "3"]
 TINY += ["--inner-iters", "2", "--meta-batch", "2", "--eval-iters", "3", "--device", "cpu"]

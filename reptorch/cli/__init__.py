@@ -37,7 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except RunStopped as stopped:  # SIGINT/SIGTERM: checkpoint written (`reptorch.stop_signals`)
+    except (
+        RunStopped
+    ) as stopped:  # SIGINT/SIGTERM: checkpoint written (`reptorch.run.stop_signals`)
         print(f"reptorch: {stopped}", file=sys.stderr)
         return stopped.exit_code
     except ReptorchError as error:

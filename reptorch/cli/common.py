@@ -13,8 +13,8 @@ from typing import Any
 import torch
 
 from reptorch import distributed
-from reptorch.io import atomic_write_json
-from reptorch.run_directory import eval_file
+from reptorch.run.directory import eval_file
+from reptorch.run.io import atomic_write_json
 
 
 def add_dist_timeout(parser: argparse.ArgumentParser) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 from reptorch import distributed, pretrained
 from reptorch.cli.common import add_dist_timeout, in_group, report
 from reptorch.config import EVAL_INNER_STATES
-from reptorch.training import load_trainer
+from reptorch.run.training import load_trainer
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

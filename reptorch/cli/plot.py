@@ -11,10 +11,10 @@ import argparse
 import json
 from pathlib import Path
 
-from reptorch.checkpoint import list_checkpoints
 from reptorch.errors import ConfigError
-from reptorch.metrics_log import read_metrics
 from reptorch.plots import plot_learning_curve
+from reptorch.run.checkpoint import list_checkpoints
+from reptorch.run.metrics_log import read_metrics
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

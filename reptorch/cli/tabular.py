@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from reptorch.errors import ConfigError
-from reptorch.io import atomic_write_bytes
+from reptorch.run.io import atomic_write_bytes
 from reptorch.tabular.experiment import FAMILIES, StudyConfig, quick_config
 
 

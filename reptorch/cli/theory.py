@@ -19,8 +19,8 @@ from reptorch.experiments.theory import (
     omniglot_problem,
     sine_problem,
 )
-from reptorch.io import atomic_write_json
 from reptorch.plots import plot_theory_residuals
+from reptorch.run.io import atomic_write_json
 
 # --dataset omniglot: a smaller sample and smaller steps (the summed loss on 25 images has a
 # much larger Hessian than the sine MLP's mean squared error)

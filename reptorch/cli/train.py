@@ -33,8 +33,8 @@ from reptorch.config import (
 )
 from reptorch.errors import ConfigError
 from reptorch.losses import LOSS_REDUCTIONS
-from reptorch.run_directory import read_run_config
-from reptorch.training import Trainer, load_trainer
+from reptorch.run.directory import read_run_config
+from reptorch.run.training import Trainer, load_trainer
 
 _D = TrainConfig()
 # flag -> (config field, type, help); the default shown comes from TrainConfig.

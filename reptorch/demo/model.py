@@ -13,12 +13,12 @@ from typing import Any
 
 import torch
 
-from reptorch.checkpoint import load_checkpoint
 from reptorch.config import TrainConfig
 from reptorch.errors import ConfigError
 from reptorch.losses import LossFn, loss_for
 from reptorch.models import OmniglotNet
-from reptorch.run_directory import read_run_config
+from reptorch.run.checkpoint import load_checkpoint
+from reptorch.run.directory import read_run_config
 from reptorch.tree import Params
 
 

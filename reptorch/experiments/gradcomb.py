@@ -1,10 +1,10 @@
 """The gradient-combination experiment (paper Figure 4, paper-reference section 7).
 
 Which sums of the k inner gradients g_1..g_k make a good meta-gradient? Ten curves on 5-shot
-5-way Omniglot, each an ordinary `reptorch.training.Trainer` run (so checkpointed and resumed like
-`reptorch train`): plain SGD inner loop at lr 0.003 on the *summed* cross-entropy of mini-batches
-of 25 (the reference's loss), meta-batch 1, train shots 5k so the k mini-batches are disjoint,
-a constant meta step per curve:
+5-way Omniglot, each an ordinary `reptorch.run.training.Trainer` run (checkpointed and resumed
+like `reptorch train`): plain SGD inner loop at lr 0.003 on the *summed* cross-entropy of
+mini-batches of 25 (the reference's loss), meta-batch 1, train shots 5k so the k mini-batches
+are disjoint, a constant meta step per curve:
 
 - g1 (k = 1): joint training;
 - g1+...+gk: Reptile, W - phi = -alpha (g_1 + ... + g_k), meta step 0.25;
@@ -29,12 +29,12 @@ from typing import Any
 
 import torch
 
-from reptorch.checkpoint import list_checkpoints, load_checkpoint
 from reptorch.config import TrainConfig
 from reptorch.errors import ConfigError
-from reptorch.io import atomic_write_bytes, atomic_write_json
-from reptorch.metrics_log import read_metrics
-from reptorch.training import Trainer
+from reptorch.run.checkpoint import list_checkpoints, load_checkpoint
+from reptorch.run.io import atomic_write_bytes, atomic_write_json
+from reptorch.run.metrics_log import read_metrics
+from reptorch.run.training import Trainer
 
 
 @dataclass(frozen=True)

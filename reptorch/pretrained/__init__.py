@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from reptorch.checkpoint import Checkpoint, load_checkpoint
 from reptorch.config import TrainConfig
 from reptorch.errors import CheckpointError, ConfigError
+from reptorch.run.checkpoint import Checkpoint, load_checkpoint
 from reptorch.tree import Params
 
 MODELS_DIR = Path(__file__).resolve().parent
@@ -50,8 +50,8 @@ class TrainedModel:
         return self.checkpoint.iteration
 
     def trainer(self, data_dir: str | None = None, device: str | None = None, workers=None):
-        """A `reptorch.training.Trainer` holding this model, for evaluation on the dataset."""
-        from reptorch.training import load_trainer  # the data path: only when evaluating
+        """A `reptorch.run.training.Trainer` holding this model, for evaluation on the dataset."""
+        from reptorch.run.training import load_trainer  # the data path: only when evaluating
 
         return load_trainer(self.directory, device, data_dir, workers)
 

@@ -27,12 +27,12 @@ from typing import Any
 
 import torch
 
-from reptorch.checkpoint import list_checkpoints, paths
 from reptorch.errors import CheckpointError, ReptorchError
-from reptorch.io import atomic_write_json
-from reptorch.metrics_log import read_metrics
 from reptorch.pretrained import MODELS_DIR
-from reptorch.training import load_trainer
+from reptorch.run.checkpoint import list_checkpoints, paths
+from reptorch.run.io import atomic_write_json
+from reptorch.run.metrics_log import read_metrics
+from reptorch.run.training import load_trainer
 
 # The paper's Reptile rows (paper-reference section 5): (ways, shots, transductive) -> (mean, ci)
 PAPER = {

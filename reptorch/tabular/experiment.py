@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from reptorch.io import atomic_write_bytes
+from reptorch.run.io import atomic_write_bytes
 from reptorch.tabular.baselines import GRIDS, baseline_accuracy
 from reptorch.tabular.data import load_keel
 from reptorch.tabular.episodes import (

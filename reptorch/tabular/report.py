@@ -16,7 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from reptorch.io import atomic_write_bytes  # noqa: E402
+from reptorch.run.io import atomic_write_bytes  # noqa: E402
 
 REPTILE = "reptile"
 UNTOUCHED = "reptile, untouched init"

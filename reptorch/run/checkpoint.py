@@ -28,7 +28,7 @@ import torch
 from reptorch import __version__
 from reptorch.errors import CheckpointError
 from reptorch.inner_optim import AdamState, SGDState
-from reptorch.io import atomic_write_bytes, atomic_write_json
+from reptorch.run.io import atomic_write_bytes, atomic_write_json
 from reptorch.tree import Params
 
 FORMAT = "reptorch-checkpoint"

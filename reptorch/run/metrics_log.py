@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from reptorch.errors import CheckpointError
-from reptorch.io import atomic_write_bytes
+from reptorch.run.io import atomic_write_bytes
 
 COLUMNS = ("iteration", "meta_step", "inner_loss", "train", "monitor", "seconds")
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from reptorch.checkpoint import Checkpoint, list_checkpoints, load_checkpoint
 from reptorch.config import TrainConfig
 from reptorch.errors import CheckpointError, ConfigError
-from reptorch.io import atomic_write_json
+from reptorch.run.checkpoint import Checkpoint, list_checkpoints, load_checkpoint
+from reptorch.run.io import atomic_write_json
 
 
 def eval_file(directory: Path, transductive: bool, split: str) -> Path:

@@ -41,17 +41,17 @@ from reptorch.chain_threads import (
     resolve_chain_workers,
     torch_threads,
 )
-from reptorch.checkpoint import Checkpoint, save_checkpoint
 from reptorch.config import EVAL_INNER_STATES, TrainConfig
 from reptorch.distributed import LOCAL, Group, device_for
 from reptorch.errors import ConfigError, RunStopped
 from reptorch.evaluation import EvalResult, Evaluator, default_chunk, sample_tasks, task_chunks
 from reptorch.functional import FunctionalModel
 from reptorch.inner_optim import AdamState, clone_state, make_inner_optimizer
-from reptorch.metrics_log import MetricsLog
-from reptorch.run_directory import open_run, read_run, recorded_chain_workers
-from reptorch.run_setup import build_learner, build_module, build_sources, check_group, eval_spec
-from reptorch.stop_signals import StopSignals
+from reptorch.run.checkpoint import Checkpoint, save_checkpoint
+from reptorch.run.directory import open_run, read_run, recorded_chain_workers
+from reptorch.run.metrics_log import MetricsLog
+from reptorch.run.setup import build_learner, build_module, build_sources, check_group, eval_spec
+from reptorch.run.stop_signals import StopSignals
 
 EVAL_SEED_OFFSET = 2**33  # the interval-evaluation generator: seed + 2^33
 

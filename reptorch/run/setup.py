@@ -1,8 +1,8 @@
 """What a run's settings build: its task sources, its network and loss, its meta-learner, its
 evaluation settings; and the check that a run fits the processes it was started in.
 
-Shared by training (`reptorch.training.Trainer`), evaluation of a run directory, the demo and the
-experiments, so that all of them see a run exactly as it was trained.
+Shared by training (`reptorch.run.training.Trainer`), evaluation of a run directory, the demo
+and the experiments, so that all of them see a run exactly as it was trained.
 """
 
 from __future__ import annotations
