@@ -126,7 +126,9 @@ def reptorch_step(
     torch.manual_seed(0)
     net = s.network().to(device)
     model = FunctionalModel(net, cross_entropy_sum)
-    workers = resolve_chain_workers(chain_workers, net, True) if mode == "exact" else None
+    workers = None
+    if mode == "exact":
+        workers = resolve_chain_workers(chain_workers, net, True, images=s.inner_batch)
     oracle = model.batched_loss_and_grad(fast=mode != "vmap", workers=workers)
     parallel = "loop" if mode == "exact" else "vmap"
     algorithm = Reptile(model, Adam(s.lr), parallel=parallel, batched_loss_and_grad=oracle)
@@ -354,7 +356,7 @@ def format_report(env, gemm, rows, busy_rows, busy, evals, command) -> str:
     for s, rates in rows:
         med = {k: statistics.median(v) for k, v in rates.items()}
         exact, base = med["exact"], med["baseline"]
-        workers = resolve_chain_workers(0, s.network(), True)
+        workers = resolve_chain_workers(0, s.network(), True, images=s.inner_batch)
         gflops = exact * s.flops / 1e9
         others = ", ".join(
             f"{k}: {v:.2f}"

@@ -8,9 +8,10 @@ Two ways to share it:
   workers split every step's images, summing BatchNorm statistics and gradients at a dozen
   meetings per step (`reptorch.fast.comm`). A worker that waits sleeps instead of spinning, so a
   busy neighbour on one core slows the chain to its fair share rather than stalling every
-  meeting. Chosen automatically (`resolve_chain_workers`) for the networks whose steps are long
-  enough that the meetings cost nothing (Mini-ImageNet's, tens of ms); Omniglot's ~1 ms steps
-  stay on one worker, with the interval evaluations on a second thread beside the chain.
+  meeting. Chosen automatically (`resolve_chain_workers`) where the steps are long enough that
+  the meetings (~1-2 us each with the native ops) cost little: Mini-ImageNet's, and Omniglot's
+  with 20 images a step; Omniglot's 10-image steps stay on one worker, with the interval
+  evaluations on a second thread beside the chain.
   Float rounding (the order of the partial sums), hence the trajectory, depends on W: a run
   records W in its config.json, and `chain_workers=1` gives the single-worker trajectory.
 - `chain_threads` > 1: the chain gets that many intra-op (OpenMP) threads. On an otherwise idle
@@ -55,18 +56,27 @@ def free_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+SPLIT_IMAGES = 20  # Omniglot steps of this many images or more gain from splitting (measured)
+
+
 def resolve_chain_workers(
-    requested: int, module: torch.nn.Module, sequential: bool, chain_threads: int = 1
+    requested: int,
+    module: torch.nn.Module,
+    sequential: bool,
+    chain_threads: int = 1,
+    images: int = SPLIT_IMAGES,
 ) -> int:
-    """The workers that split each step of the exact chain: `requested` if > 0; for 0 (auto),
-    the free cores when `module`'s fast kernels run on PyTorch's convolutions (Mini-ImageNet:
-    ~40 ms steps, where a dozen meetings through Python cost ~1%), else 1 (Omniglot's ~1-4 ms
-    steps: the meetings cost more than the half they save; docs/benchmarks.md)."""
+    """The workers that split each step (of `images` images) of the exact chain: `requested`
+    if > 0; for 0 (auto), the free cores where splitting measured faster (docs/benchmarks.md):
+    Mini-ImageNet's network (PyTorch's convolutions, ~40 ms steps; 2.3x on 2 cores), and
+    Omniglot's with 20 images a step or more (20-way: 1.3x); else 1 (Omniglot's 10-image steps
+    of ~3 ms: break-even, so the second core scores the interval evaluations instead)."""
     spec = spec_for(module)
     if requested == 0:
         if not sequential or chain_threads != 1 or spec is None:
             return 1
-        return free_cores() if spec.native_convolutions() else 1
+        split = spec.native_convolutions() or images >= SPLIT_IMAGES
+        return free_cores() if split else 1
     if requested > 1:
         if not sequential:
             raise ConfigError(

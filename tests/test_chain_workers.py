@@ -23,7 +23,8 @@ def two_cores(monkeypatch):
 
 def test_auto_gives_the_cores_to_the_long_steps_only(two_cores):
     assert resolve_chain_workers(0, MiniImageNetNet(5), sequential=True) == 2
-    assert resolve_chain_workers(0, OmniglotNet(5), sequential=True) == 1
+    assert resolve_chain_workers(0, OmniglotNet(5), sequential=True, images=10) == 1
+    assert resolve_chain_workers(0, OmniglotNet(20), sequential=True, images=20) == 2
     assert resolve_chain_workers(0, SineMLP(), sequential=True) == 1
     assert resolve_chain_workers(0, MiniImageNetNet(5), sequential=False) == 1
     assert resolve_chain_workers(0, MiniImageNetNet(5), True, chain_threads=2) == 1

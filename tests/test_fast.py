@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -141,7 +143,9 @@ NETS = {  # the inner loop on each kernel: im2col (Omniglot), PyTorch's convolut
 @pytest.mark.parametrize("plan", PLANS)
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
 @pytest.mark.parametrize("net", NETS)
-def test_fast_inner_loop_matches_core_adapt(plan: str, optimizer: str, net: str, monkeypatch):
+def test_fast_inner_loop_matches_core_adapt(
+    plan: str, optimizer: str, net: str, meetings: str, monkeypatch
+):
     """`ConvNetOracle.adapt` (flat buffers, in-place Adam) equals `reptorch.adapt.adapt` run with
     the vmap reference oracle: params, Adam moments, step counter and losses."""
     from reptorch import tree
@@ -224,17 +228,40 @@ def test_plan_shares_by_images_only_when_it_pays():
     assert oracle.plan(5, 10, 1) == ("tasks", 5)
 
 
-def test_group_allreduce_sums_in_rank_order_and_abort_releases_waiters():
+@pytest.fixture(params=["native", "python"])
+def meetings(request, monkeypatch) -> str:
+    """The workers' meetings: the native ops (required where CI runs: it has a compiler) or
+    Python's (the fallback where none is found)."""
+    from reptorch.fast import comm
+
+    if request.param == "native":
+        if not comm.native():
+            if os.environ.get("CI") == "true":
+                pytest.fail("the native meeting ops did not build")
+            pytest.skip("no compiler for the native meeting ops")
+    else:
+        monkeypatch.setattr(comm, "_NATIVE", False)
+    return request.param
+
+
+def test_group_allreduce_sums_in_rank_order_and_abort_releases_waiters(meetings):
     import threading
 
     from reptorch.fast import comm
 
-    with comm.Group(2) as group:
+    native = meetings == "native"
+
+    def allreduce(group, rank, value):
+        if native:
+            return torch.ops.reptorch_comm.allreduce(group.id, rank, value)
+        return comm.allreduce(group.id, rank, value)
+
+    with comm.Group(2, native) as group:
         results = [None, None]
 
         def run(rank):
             for step in range(3):  # reuses both slot sets
-                results[rank] = comm.allreduce(group.id, rank, torch.tensor([rank + 1.0 + step]))
+                results[rank] = allreduce(group, rank, torch.tensor([rank + 1.0 + step]))
 
         threads = [threading.Thread(target=run, args=(r,)) for r in range(2)]
         for t in threads:
@@ -243,23 +270,26 @@ def test_group_allreduce_sums_in_rank_order_and_abort_releases_waiters():
             t.join(timeout=30)
         assert results[0].item() == results[1].item() == 7.0  # (1 + 2) + (2 + 2)
 
-    with comm.Group(2) as group:
+    with comm.Group(2, native) as group:
         errors = []
 
         def waiter():
             try:
-                group.wait()
-            except threading.BrokenBarrierError as error:
+                if native:
+                    torch.ops.reptorch_comm.barrier(group.id)
+                else:
+                    group.wait()
+            except Exception as error:
                 errors.append(error)
 
         thread = threading.Thread(target=waiter)
         thread.start()
         group.abort()
         thread.join(timeout=30)
-        assert not thread.is_alive() and len(errors) == 1
+        assert not thread.is_alive() and len(errors) == 1 and comm.released(errors[0])
 
 
-def test_a_failing_worker_raises_its_error_instead_of_hanging(monkeypatch):
+def test_a_failing_worker_raises_its_error_instead_of_hanging(meetings, monkeypatch):
     """Labels out of range in the second half of the images: that worker fails mid-step, the
     other is released from its barrier, and the caller sees the real error."""
     import threading

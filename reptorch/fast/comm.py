@@ -3,45 +3,112 @@
 BatchNorm normalises with the statistics of a task's whole mini-batch, so workers that each hold a
 share of the images exchange per-channel sums once per layer and direction (`allreduce`), and meet
 (`barrier`) around the optimiser step. Every worker adds the shares in rank order, so all of them
-get bitwise the same sum. A `Group` is registered under an integer id because the TorchScript
-kernel can pass ints, not Python objects, to these functions.
+get bitwise the same sum. A group is known by an integer id because the TorchScript kernel can
+pass ints, not Python objects, to these functions.
+
+Two implementations with one contract:
+- native (`csrc/comm.cpp`, ops `torch.ops.reptorch_comm.*`): spin-then-yield barriers on atomics,
+  called from the scripted kernel without the GIL, ~1-2 us a meeting; compiled on first use with
+  `torch.utils.cpp_extension` (g++ and ninja; cached under ~/.cache/torch_extensions);
+- Python (`Group`): a call from TorchScript back into Python and a `threading.Barrier`, tens of
+  us a meeting (`bench/meetings.py`); used where no compiler is found, or with
+  `REPTORCH_NO_NATIVE_COMM=1`.
 """
 
 from __future__ import annotations
 
 import itertools
+import os
 import threading
+import warnings
+from pathlib import Path
 
+import torch
 from torch import Tensor
 
 _GROUPS: dict[int, Group] = {}
 _IDS = itertools.count()
+_NATIVE: bool | None = None
+_NATIVE_LOCK = threading.Lock()
+SOURCE = Path(__file__).with_name("csrc") / "comm.cpp"
+
+
+def native() -> bool:
+    """Whether the native meeting ops are loaded (compiled on the first call; False, said once,
+    where they cannot be built)."""
+    global _NATIVE
+    with _NATIVE_LOCK:
+        if _NATIVE is None:
+            _NATIVE = _load_native()
+        return _NATIVE
+
+
+def _load_native() -> bool:
+    if os.environ.get("REPTORCH_NO_NATIVE_COMM", "") not in ("", "0"):
+        return False
+    if hasattr(torch.ops.reptorch_comm, "allreduce"):  # loaded by another copy of this module
+        return True
+    try:
+        from torch.utils.cpp_extension import load
+
+        _put_ninja_on_path()
+        load(name="reptorch_comm", sources=[str(SOURCE)], is_python_module=False, verbose=False)
+        return True
+    except Exception as error:  # no compiler, no ninja, no headers: the Python meetings
+        warnings.warn(
+            f"reptorch.fast: native worker meetings unavailable ({type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else ''}); using Python's",
+            stacklevel=3,
+        )
+        return False
+
+
+def _put_ninja_on_path() -> None:
+    """`cpp_extension` runs `ninja` from PATH: add the one the `ninja` package installed (in a
+    virtual environment that is not activated, its bin folder is not on PATH)."""
+    try:
+        import ninja
+    except ImportError:
+        return
+    folder = getattr(ninja, "BIN_DIR", None)
+    if folder and folder not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = os.pathsep.join([folder, os.environ.get("PATH", "")])
 
 
 class Group:
-    """`size` threads that reduce and wait together; `abort()` releases them all with an error."""
+    """`size` threads that reduce and wait together; `abort()` releases them all with an error.
 
-    def __init__(self, size: int) -> None:
+    `native=True` makes the group in the native ops' registry (its `id` is theirs)."""
+
+    def __init__(self, size: int, native: bool = False) -> None:
         self.size = size
+        self.native = native
         self._barrier = threading.Barrier(size)
         # Two slot sets used alternately: a worker writes set g again only after the next
         # barrier, which every worker reaches only after it has read set g.
         self._slots: list[list[Tensor | None]] = [[None] * size, [None] * size]
         self._turn = [0] * size
-        self.id = next(_IDS)
+        self.id = torch.ops.reptorch_comm.open(size) if native else next(_IDS)
 
     def __enter__(self) -> Group:
-        _GROUPS[self.id] = self
+        if not self.native:
+            _GROUPS[self.id] = self
         return self
 
     def __exit__(self, *exc: object) -> None:
-        _GROUPS.pop(self.id, None)
+        if self.native:
+            torch.ops.reptorch_comm.close(self.id)
+        else:
+            _GROUPS.pop(self.id, None)
 
     def wait(self) -> None:
         self._barrier.wait()
 
     def abort(self) -> None:
-        self._barrier.abort()
+        if self.native:
+            torch.ops.reptorch_comm.abort(self.id)
+        else:
+            self._barrier.abort()
 
     def allreduce(self, rank: int, value: Tensor) -> Tensor:
         """The sum of every worker's `value`, in rank order."""
@@ -53,6 +120,16 @@ class Group:
         for other in slots[1:]:
             total.add_(other)
         return total
+
+
+ABORTED = "a worker of this group failed"  # the native ops' error (csrc/comm.cpp)
+
+
+def released(error: BaseException) -> bool:
+    """Whether `error` only says that another worker of the group failed (it was released from
+    a meeting by `abort`), not what went wrong. Raised inside the scripted kernel, either comes
+    wrapped in a RuntimeError that quotes it."""
+    return "BrokenBarrier" in repr(error) or ABORTED in str(error)
 
 
 def allreduce(group: int, rank: int, value: Tensor) -> Tensor:

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from reptorch.fast.kernel import ConvNetKernel
+from reptorch.fast.kernel import ConvNetKernel, NativeCommKernel
 from reptorch.models import BN_EPS
 
 Params = dict[str, Tensor]
@@ -97,16 +97,19 @@ def _compile(module: ConvNetKernel) -> ConvNetKernel:
         return module
 
 
-def kernel(spec: ConvNetSpec) -> ConvNetKernel:
-    """The calling thread's kernel for `spec` (scratch buffers are per thread)."""
+def kernel(spec: ConvNetSpec, native_comm: bool = False) -> ConvNetKernel:
+    """The calling thread's kernel for `spec` (scratch buffers are per thread); `native_comm`:
+    its workers meet through the native ops (`reptorch.fast.comm.native()` must be True)."""
     kernels = getattr(_LOCAL, "kernels", None)
     if kernels is None:
         kernels = _LOCAL.kernels = {}
-    if spec not in kernels:
-        kernels[spec] = _compile(
-            ConvNetKernel(spec.stride, spec.pool, spec.layers, spec.eps, spec.native_convolutions())
+    key = (spec, native_comm)
+    if key not in kernels:
+        cls = NativeCommKernel if native_comm else ConvNetKernel
+        kernels[key] = _compile(
+            cls(spec.stride, spec.pool, spec.layers, spec.eps, spec.native_convolutions())
         )
-    return kernels[spec]
+    return kernels[key]
 
 
 def clear_workspace() -> None:

@@ -15,7 +15,8 @@ norm.bias] at 4i..4i+3, then classifier.weight, classifier.bias. With `gemm` the
 stored in GEMM layout, (T, 3, 3, C, O) instead of (T, O, C, 3, 3): the flat inner loop keeps them
 so, which removes two permute-copies of every conv weight per step.
 
-Workers that split one task's images (`comm >= 0`) meet in `_allreduce` / `_barrier`, plain Python
+Workers that split one task's images (`comm >= 0`) meet in `_allreduce` / `_barrier`: the native
+ops of `reptorch.fast.comm` in `NativeCommKernel`, else plain Python
 calls (`torch.jit.ignore`) into `reptorch.fast.comm`: BatchNorm's batch sums and the weight
 gradients are summed across them, so the result is that of the whole batch.
 """
@@ -62,6 +63,13 @@ class ConvNetKernel(nn.Module):
         self.ws = {}
         self.shaped = {}
         self.taps = {}
+
+    def _allreduce(self, comm: int, rank: int, value: Tensor) -> Tensor:
+        """The sum of `value` over the workers of group `comm` (Python meetings)."""
+        return _allreduce(comm, rank, value)
+
+    def _barrier(self, comm: int) -> None:
+        _barrier(comm)
 
     def _buf(self, key: str, shape: list[int], like: Tensor) -> Tensor:
         """The scratch tensor `key` with this shape, reused while shape, dtype and device hold."""
@@ -296,13 +304,13 @@ class ConvNetKernel(nn.Module):
             # Two-pass moments; z is centred in place and kept for the backward.
             total = z.sum(1, keepdim=True)
             if comm >= 0:
-                total = _allreduce(comm, rank, total)
+                total = self._allreduce(comm, rank, total)
             z.sub_(total / m_all)
             squares = torch.mul(z, z, out=self._buf("sq" + str(i), [t, m, o], x)).sum(
                 1, keepdim=True
             )
             if comm >= 0:
-                squares = _allreduce(comm, rank, squares)
+                squares = self._allreduce(comm, rank, squares)
             r = squares.div_(m_all).add_(self.eps).rsqrt_()
             gamma = params[4 * i + 2].unsqueeze(1)
             beta = params[4 * i + 3].unsqueeze(1)
@@ -412,7 +420,7 @@ class ConvNetKernel(nn.Module):
                 1,
             )
             if comm >= 0:
-                sums = _allreduce(comm, rank, sums)
+                sums = self._allreduce(comm, rank, sums)
             dbeta, sgz = sums[:, 0:1], sums[:, 1:2]
             # xhat = z r (z centred): dgamma = sum g xhat; dz = A g + Bc z + Cc per channel.
             dgamma = r * sgz
@@ -487,11 +495,11 @@ class ConvNetKernel(nn.Module):
             if decay != 1.0:
                 p.mul_(decay)
                 if comm >= 0:
-                    _barrier(comm)
+                    self._barrier(comm)
             loss = self.loss_and_grad(params, xs[j], ys[j], grads, True, comm, rank, batch, divisor)
             losses[j].copy_(loss)
             if comm >= 0:
-                _barrier(comm)
+                self._barrier(comm)
                 torch.add(partials[0][:, lo:hi], partials[1][:, lo:hi], out=g)
                 for other in partials[2:]:
                     g.add_(other[:, lo:hi])
@@ -509,6 +517,18 @@ class ConvNetKernel(nn.Module):
             else:
                 p.add_(g, alpha=-lr)
             if comm >= 0:
-                _barrier(comm)
+                self._barrier(comm)
         if adam and beta1 == 0.0 and len(xs) > 0:
             exp_avg[:, lo:hi].copy_(g)  # the moment is the last gradient
+
+
+class NativeCommKernel(ConvNetKernel):
+    """`ConvNetKernel` whose workers meet through the native ops (`reptorch.fast.comm`): no
+    call back into Python, so the scripted step never takes the GIL. Built only once
+    `comm.native()` has loaded the ops (scripting resolves them)."""
+
+    def _allreduce(self, comm: int, rank: int, value: Tensor) -> Tensor:
+        return torch.ops.reptorch_comm.allreduce(comm, rank, value)
+
+    def _barrier(self, comm: int) -> None:
+        torch.ops.reptorch_comm.barrier(comm)

@@ -269,13 +269,15 @@ class ConvNetOracle:
         images = _chunks(batch, size)
         columns = _chunks(-(-width // 16), size)  # 64-byte aligned column shares
 
+        native = comm.native()
+
         def run(rank: int, group: comm.Group) -> None:
             lo, hi = min(16 * columns[rank].start, width), min(16 * columns[rank].stop, width)
             s = images[rank]
             grads = self._in_kernel_order(layout, partials[rank])
             try:
                 with torch.no_grad():
-                    convnet.kernel(self.spec).adapt(
+                    convnet.kernel(self.spec, native).adapt(
                         params, grads, flat, partials, total, m, v, denom,
                         [x[:, s] for x in xs], [y[:, s] for y in ys], losses[rank],
                         hyper, step0, group.id, rank, batch, lo, hi,
@@ -286,10 +288,10 @@ class ConvNetOracle:
 
         # One group at a time per process: two groups sharing the pool could each hold a thread
         # while waiting for a member queued behind the other's (a deadlock).
-        with _GROUP_LOCK, comm.Group(size) as group:
+        with _GROUP_LOCK, comm.Group(size, native) as group:
             futures = [_pool(size).submit(run, rank, group) for rank in range(size)]
             errors = [f.exception() for f in futures]
-        real = [e for e in errors if e is not None and "BrokenBarrier" not in repr(e)]
+        real = [e for e in errors if e is not None and not comm.released(e)]
         if real or any(errors):
             raise (real or [e for e in errors if e is not None])[0]
         return torch.stack(losses).sum(0)

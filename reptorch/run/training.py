@@ -112,7 +112,9 @@ class Trainer:
         module, self.loss_fn = build_module(config, self.sources)
         recorded = recorded_chain_workers(directory) if group.is_main else None
         requested = config.chain_workers or recorded or 0
-        self.chain_workers = resolve_chain_workers(requested, module, sequential, chain_threads)
+        self.chain_workers = resolve_chain_workers(
+            requested, module, sequential, chain_threads, images=config.inner_batch
+        )
         if recorded is not None and recorded != self.chain_workers:
             print(
                 f"{directory}: the exact chain switches from {recorded} to {self.chain_workers} "
