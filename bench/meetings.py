@@ -3,10 +3,11 @@
     python -m bench.meetings [--meetings 2000]
 
 Two workers (the fast oracle's thread pool) each run a scripted loop of allreduces of a
-(1, 1, 64) tensor, BatchNorm's per-channel sums: each meeting is a call from TorchScript back
-into Python (`torch.jit.ignore`), the GIL, and a `threading.Barrier`. A step of the image-split
-chain holds about a dozen meetings (two allreduces per layer forward, one backward, and the
-barriers around the optimiser step), so this figure x 14 is what splitting a step must save.
+(1, 1, 64) tensor, BatchNorm's per-channel sums, through either kind of meeting: Python's (a
+call from TorchScript back into Python, the GIL, a `threading.Barrier`) or the native ops
+(atomics, no GIL). A step of the image-split chain holds about a dozen meetings (two allreduces
+per layer forward, one backward, and the barriers around the optimiser step), so this figure
+x 14 is what splitting a step must save.
 """
 
 from __future__ import annotations
@@ -31,15 +32,26 @@ def _meet(group: int, rank: int, meetings: int, value: Tensor) -> Tensor:
     return total
 
 
-def meeting_us(meetings: int, workers: int = 2) -> float:
+def _native_meet() -> torch.jit.ScriptFunction:
+    def meet(group: int, rank: int, meetings: int, value: Tensor) -> Tensor:
+        total = value
+        for _ in range(meetings):
+            total = torch.ops.reptorch_comm.allreduce(group, rank, value)
+        return total
+
+    return torch.jit.script(meet)
+
+
+def meeting_us(meetings: int, native: bool, workers: int = 2) -> float:
     """Wall time per meeting of `workers` threads meeting `meetings` times."""
     value = torch.ones(1, 1, 64)
-    with comm.Group(workers) as group:
+    meet = _native_meet() if native else _meet
+    with comm.Group(workers, native) as group:
         pool = _pool(workers)
-        for f in [pool.submit(_meet, group.id, r, 10, value) for r in range(workers)]:
+        for f in [pool.submit(meet, group.id, r, 10, value) for r in range(workers)]:
             f.result()  # warm-up: scripting, thread start
         start = time.perf_counter()
-        for f in [pool.submit(_meet, group.id, r, meetings, value) for r in range(workers)]:
+        for f in [pool.submit(meet, group.id, r, meetings, value) for r in range(workers)]:
             f.result()
         return (time.perf_counter() - start) / meetings * 1e6
 
@@ -49,12 +61,14 @@ def main() -> None:
     parser.add_argument("--meetings", type=int, default=2000)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    times = [meeting_us(args.meetings) for _ in range(args.repeats)]
-    print(
-        f"2 workers: {statistics.median(times):.1f} us per meeting (median of {args.repeats} x "
-        f"{args.meetings}; min {min(times):.1f}); x 14 meetings = "
-        f"{14 * statistics.median(times) / 1e3:.2f} ms per inner step"
-    )
+    kinds = {"python": False, "native": True} if comm.native() else {"python": False}
+    for kind, native in kinds.items():
+        times = [meeting_us(args.meetings, native) for _ in range(args.repeats)]
+        print(
+            f"{kind} meetings, 2 workers: {statistics.median(times):.1f} us per meeting (median "
+            f"of {args.repeats} x {args.meetings}; min {min(times):.1f}); x 14 meetings = "
+            f"{14 * statistics.median(times) / 1e3:.3f} ms per inner step"
+        )
 
 
 if __name__ == "__main__":

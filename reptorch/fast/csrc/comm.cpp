@@ -52,7 +52,7 @@ struct Group {
       if (aborted.load(std::memory_order_relaxed)) {
         throw std::runtime_error("reptorch.fast.comm: a worker of this group failed");
       }
-      if (++spins < 4000) {
+      if (++spins < 200) {
         REPTORCH_PAUSE();
       } else {
         std::this_thread::yield();
