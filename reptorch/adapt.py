@@ -8,9 +8,8 @@ The gradient comes from an oracle `(params, x, y) -> (loss, grads)`. With a batc
 leading task dimension on params and batches, the same loop runs T tasks at once (the side-by-side
 meta-step): the optimiser math is elementwise and broadcasts over tasks.
 
-Losses: the loop stacks them step by step, (k,) for one task and (k, T) for T tasks at once, as
-the oracles' own loops return them; `AdaptResult.task_losses` gives the (T, k) that every other
-boundary (`TaskUpdate`, `MetaStep`, `MetaLearner.step`) uses.
+Losses are task-major at this boundary as at every other (`TaskUpdate`, `MetaStep`,
+`MetaLearner.step`, the oracles' own loops): (k,) for one task, (T, k) for T tasks at once.
 
 An oracle may also bring its own first-order inner loop, `oracle.adapt(params, batches, optimizer,
 state, weight_decay=...) -> AdaptResult | None` (`reptorch.fast.ConvNetOracle` does: flat buffers,
@@ -35,17 +34,7 @@ from reptorch.tree import Params
 class AdaptResult(NamedTuple):
     params: Params  # theta_k
     state: Any  # the inner optimiser state after k steps
-    losses: torch.Tensor  # L_{B_j}(theta_{j-1}), step-major: (k,) for one task, (k, T) for T
-
-    @property
-    def task_losses(self) -> torch.Tensor:
-        """The losses task-major: (k,) for one task, (T, k) for T tasks."""
-        return task_major(self.losses)
-
-
-def task_major(losses: torch.Tensor) -> torch.Tensor:
-    """Step-major losses (k,) or (k, T) as (k,) or (T, k): one task's losses in a row."""
-    return losses.movedim(0, -1)
+    losses: torch.Tensor  # L_{B_j}(theta_{j-1}): (k,) for one task, (T, k) for T tasks
 
 
 def adapt(
@@ -83,4 +72,4 @@ def adapt(
             loss, grads = loss.detach(), tree.detach(grads)
         params, state = optimizer.step(params, grads, state)
         losses.append(loss)
-    return AdaptResult(params, state, torch.stack(losses) if losses else torch.zeros(0))
+    return AdaptResult(params, state, torch.stack(losses, -1) if losses else torch.zeros(0))

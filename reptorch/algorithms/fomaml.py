@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from reptorch import tree
-from reptorch.adapt import adapt, task_major
+from reptorch.adapt import adapt
 from reptorch.algorithms.base import MetaAlgorithm, TaskUpdate
 
 
@@ -23,5 +23,5 @@ class FOMAML(MetaAlgorithm):
         kwargs = {"weight_decay": self.weight_decay}
         before = adapt(loss_and_grad, phi, batches[:-1], self.inner, state, **kwargs)
         last = adapt(loss_and_grad, before.params, batches[-1:], self.inner, before.state, **kwargs)
-        losses = task_major(torch.cat([before.losses, last.losses]))
+        losses = torch.cat([before.losses, last.losses], -1)
         return TaskUpdate(tree.sub(last.params, before.params), last.state, losses)

@@ -34,4 +34,4 @@ class Reptile(MetaAlgorithm):
         result = adapt(
             loss_and_grad, phi, batches, self.inner, state, weight_decay=self.weight_decay
         )
-        return TaskUpdate(tree.sub(result.params, phi), result.state, result.task_losses)
+        return TaskUpdate(tree.sub(result.params, phi), result.state, result.losses)

@@ -107,7 +107,7 @@ class Engine:
         count = tasks.support_xs.shape[0]
         indices = self.indices(evaluator, count)
         result = evaluator.adapt(self.model.phi, self.model.inner_state, tasks, indices)
-        return result.params, result.losses.reshape(-1, count).transpose(0, 1)  # (k, T) -> (T, k)
+        return result.params, result.losses.reshape(count, -1)  # (T, k)
 
     def run(self, support: torch.Tensor, queries: torch.Tensor):
         """(logits (T, Q, classes), losses (T, k)) for T tasks of the same N and K (`tasks`)."""

@@ -180,7 +180,7 @@ class ConvNetOracle:
         Handles `inner_optim.Adam` and `inner_optim.SGD` (else returns None: use the generic loop).
         Params, gradients and Adam moments live in flat (T, P) buffers (`FlatLayout`, conv weights
         in GEMM layout), so an optimiser step is a few elementwise ops in place, in the order of
-        `Adam.step`. Returns `AdaptResult(params, state (T-batched), losses (k, T))`.
+        `Adam.step`. Returns `AdaptResult(params, state (T-batched), losses (T, k))`.
         """
         if not isinstance(optimizer, (Adam, SGD)):
             return None
@@ -233,7 +233,8 @@ class ConvNetOracle:
             new_state = AdamState(steps, from_gemm_views(layout, m), from_gemm_views(layout, v))
         else:
             new_state = SGDState(steps)
-        return AdaptResult(new_params, new_state, losses)
+        # the kernels write a step's losses as a row; tasks are rows at every boundary
+        return AdaptResult(new_params, new_state, losses.transpose(0, 1).contiguous())
 
     def _in_kernel_order(self, layout: FlatLayout, buffer: Tensor) -> list[Tensor]:
         """The per-parameter views of a flat buffer, in the kernel's parameter order."""
