@@ -61,11 +61,23 @@ def draw(page, box_key: str, strokes_105: list) -> None:
 def test_draw_real_strokes_and_the_right_class_wins(
     chromium, trained_demo_model, omniglot_strokes, tmp_path
 ):
-    from playwright.sync_api import sync_playwright
+
+    import torch
 
     drawings = strokes.read_zip(omniglot_strokes)
     engine = Engine(trained_demo_model, workers=1)
-    engine.warm_up()  # as `reptorch demo` does before it serves
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as `reptorch demo` runs (two threads stall when a core is busy)
+    try:
+        engine.warm_up()  # as `reptorch demo` does before it serves
+        _draw_and_check(chromium, engine, drawings, tmp_path)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _draw_and_check(chromium, engine, drawings, tmp_path) -> None:
+    from playwright.sync_api import sync_playwright
+
     with BackgroundServer(create_app(engine)) as server, sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=chromium, args=ARGS)
         page = browser.new_page(viewport={"width": 1100, "height": 720})
