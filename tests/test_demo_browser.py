@@ -61,7 +61,6 @@ def draw(page, box_key: str, strokes_105: list) -> None:
 def test_draw_real_strokes_and_the_right_class_wins(
     chromium, trained_demo_model, omniglot_strokes, tmp_path
 ):
-
     import torch
 
     drawings = strokes.read_zip(omniglot_strokes)
