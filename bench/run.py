@@ -25,6 +25,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
@@ -113,7 +114,11 @@ def batches_for(s: Setting) -> int:
 
 
 def reptorch_step(
-    s: Setting, device: torch.device, mode: str = "library", chain_workers: int = 0
+    s: Setting,
+    device: torch.device,
+    mode: str = "library",
+    chain_workers: int = 0,
+    threads: int = 1,
 ) -> Callable[[int], None]:
     """The library's training step: `MetaLearner` + `Reptile` + inner `Adam`.
 
@@ -122,6 +127,8 @@ def reptorch_step(
     `parallel='loop'`: the tasks in sequence threading one inner Adam state, its steps split
     over `chain_workers` workers, 0: the default `reptorch train` chooses), 'vmap' (the generic
     `vmap(grad_and_value)` oracle in the core's inner loop). The reference's summed loss.
+    The exact step runs with `threads` intra-op threads, as `reptorch train` runs its chain
+    (1; `--chain-threads N`: N).
     """
     torch.manual_seed(0)
     net = s.network().to(device)
@@ -135,7 +142,12 @@ def reptorch_step(
     learner = MetaLearner(algorithm, Interpolation(1.0, 0.0, 100_000), model.init_params())
     count = batches_for(s)
     xs, ys = synthetic_batches(s, count, device)
-    return lambda i: learner.step(xs[i % count], ys[i % count])
+    step = partial(_step, learner, xs, ys, count)
+    return _with_threads(step, threads) if mode == "exact" else step
+
+
+def _step(learner: MetaLearner, xs: torch.Tensor, ys: torch.Tensor, count: int, i: int) -> None:
+    learner.step(xs[i % count], ys[i % count])
 
 
 def baseline_step(s: Setting, device: torch.device) -> Callable[[int], None]:
@@ -265,6 +277,7 @@ def main(argv: list[str] | None = None) -> None:
             "baseline": baseline_step(s, device),
             "exact, 1 worker": reptorch_step(s, device, "exact", chain_workers=1),
             "merged": reptorch_step(s, device),
+            "intra-op 2 threads": reptorch_step(s, device, "exact", 1, threads=2),
         }
         if args.vmap:
             runs["vmap oracle"] = reptorch_step(s, device, "vmap")
@@ -309,7 +322,7 @@ def beside_busy(
                 "default": reptorch_step(s, torch.device("cpu"), "exact"),
                 "1 worker": reptorch_step(s, torch.device("cpu"), "exact", chain_workers=1),
                 "2 workers": reptorch_step(s, torch.device("cpu"), "exact", chain_workers=2),
-                "intra-op 2 threads": _intra_op(reptorch_step(s, torch.device("cpu"), "exact", 1)),
+                "intra-op 2 threads": reptorch_step(s, _CPU, "exact", 1, threads=2),
             }
             big = s.dataset == "miniimagenet"
             out.append((s, interleaved_rates(runs, rounds, 1 if big else per_round, _CPU)))
@@ -323,8 +336,8 @@ def beside_busy(
 _CPU = torch.device("cpu")
 
 
-def _intra_op(step: Callable[[int], None], threads: int = 2) -> Callable[[int], None]:
-    """`step` with `threads` OpenMP intra-op threads (`--chain-threads`), then put back."""
+def _with_threads(step: Callable[[int], None], threads: int) -> Callable[[int], None]:
+    """`step` with `threads` OpenMP intra-op threads in the calling thread, then put back."""
 
     def run(i: int) -> None:
         before = torch.get_num_threads()
