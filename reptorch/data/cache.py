@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from reptorch.data.dataset import ImageClassDataset
+from reptorch.errors import DataError
 
 CACHE_FORMAT = 1  # bump when the file layout below changes
 _FULL_HASH_LIMIT = 256 * 2**20  # files above this are hashed on samples (start, middle, end)
@@ -48,6 +49,19 @@ def default_cache_dirs(sources: Sequence[Path]) -> list[Path]:
         dirs.append(Path(env).expanduser())
     dirs.append(Path.home() / ".cache" / "reptorch" / "cache")
     return dirs
+
+
+def writable_target(directory: Path) -> None:
+    """Creates `directory` (a download's destination) if needed; a `DataError` naming it when it
+    cannot be created or is read-only."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DataError(
+            f"cannot create {directory} ({err.strerror}): choose another --data-dir"
+        ) from None
+    if not is_writable_dir(directory):
+        raise DataError(f"{directory} is read-only: choose another --data-dir")
 
 
 def is_writable_dir(directory: Path) -> bool:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from reptorch.data.cache import is_writable_dir
+from reptorch.data.cache import writable_target
 from reptorch.data.omniglot_files import EXPECTED, PARTS, zip_entries
 from reptorch.errors import DataError
 
@@ -156,14 +156,7 @@ def download_omniglot(
     `<root>/omniglot` folder); with `extract`, the extracted folders instead of the zips.
     Parts already present and valid are kept unless `force`. Returns part -> installed path."""
     base = omniglot_base_url(base_url)
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise DataError(
-            f"cannot create {directory} ({err.strerror}): choose another --data-dir"
-        ) from None
-    if not is_writable_dir(directory):
-        raise DataError(f"{directory} is read-only: choose another --data-dir")
+    writable_target(directory)
     installed: dict[str, Path] = {}
     for part, stem in PARTS.items():
         zip_path, folder = directory / f"{stem}.zip", directory / stem

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from reptorch.data.cache import is_writable_dir
+from reptorch.data.cache import writable_target
 from reptorch.data.download import fetch, looks_like_html
 from reptorch.data.miniimagenet_layouts import PICKLE_NAME
 from reptorch.data.miniimagenet_manifest import (
@@ -192,14 +192,7 @@ def _other_layout(directory: Path) -> str | None:
 
 
 def _prepare(directory: Path) -> None:
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise DataError(
-            f"cannot create {directory} ({err.strerror}): choose another --data-dir"
-        ) from None
-    if not is_writable_dir(directory):
-        raise DataError(f"{directory} is read-only: choose another --data-dir")
+    writable_target(directory)
     other = _other_layout(directory)
     if other:
         raise DataError(

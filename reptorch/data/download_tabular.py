@@ -20,7 +20,7 @@ import zlib
 from collections.abc import Callable
 from pathlib import Path
 
-from reptorch.data.cache import is_writable_dir
+from reptorch.data.cache import writable_target
 from reptorch.data.download import fetch, looks_like_html
 from reptorch.errors import DataError
 from reptorch.run.io import atomic_write_bytes
@@ -103,14 +103,7 @@ def download_tabular(
     """Install the 43 verified tables and `manifest.json` in `directory` (`<root>/tabular/keel`);
     kept as they are when already present and valid, unless `force`."""
     manifest = keel_manifest()
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise DataError(
-            f"cannot create {directory} ({err.strerror}): choose another --data-dir"
-        ) from None
-    if not is_writable_dir(directory):
-        raise DataError(f"{directory} is read-only: choose another --data-dir")
+    writable_target(directory)
     if not force and _present(directory, manifest):
         log(f"{directory}: {len(manifest)} tables already present and verified")
         return directory
