@@ -1,6 +1,10 @@
-"""Small models and task batches shared by the core tests."""
+"""Small models and task batches shared by the core tests; a loopback server for downloads."""
 
 from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import torch
 from torch import nn
@@ -53,3 +57,46 @@ def untrained_omniglot_run(directory, eval_iters: int = 10, ways: int = 5):
     save_checkpoint(directory, Checkpoint(0, phi, Adam(config.learning_rate).init(phi)))
     (directory / "config.json").write_text(json.dumps({"config": config.to_dict()}))
     return directory
+
+
+# (mode, name) of a request GET /MODE/NAME -> None (404), or (the bytes to send, the
+# Content-Length to announce or None for none, the Content-Type or None): a server can cut a
+# transfer short or lie.
+Respond = Callable[[str, str], "tuple[bytes, int | None, str | None] | None"]
+
+
+class LoopbackServer:
+    """An HTTP server on 127.0.0.1 in a daemon thread, for download tests; `requests` lists the
+    paths asked for."""
+
+    def __init__(self, respond: Respond) -> None:
+        self.requests: list[str] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+                outer.requests.append(self.path)
+                mode, _, name = self.path.strip("/").partition("/")
+                answer = respond(mode, name)
+                if answer is None:
+                    self.send_error(404)
+                    return
+                body, length, kind = answer
+                self.send_response(200)
+                if kind is not None:
+                    self.send_header("Content-Type", kind)
+                if length is not None:
+                    self.send_header("Content-Length", str(length))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import socket
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -16,50 +14,28 @@ from reptorch.cli import main
 from reptorch.data.download import OMNIGLOT_URL_ENV, download_omniglot
 from reptorch.data.omniglot_files import find_sources
 from reptorch.errors import DataError
+from tests.helpers import LoopbackServer
 
 HTML = b"<!DOCTYPE html><html><head><title>Sign in</title></head><body>Sign in</body></html>"
 
 
-class Server:
+class Server(LoopbackServer):
     """A local server; the first path component picks the behaviour:
     /ok/NAME the file, /cut/NAME half of it with the full Content-Length, /html/NAME an HTML page,
     /missing/NAME a 404, /swap/NAME the 105 px evaluation archive whatever NAME is."""
 
     def __init__(self, files: Path) -> None:
-        self.files = files
-        self.requests: list[str] = []
-        outer = self
+        def respond(mode: str, name: str) -> tuple[bytes, int | None, str] | None:
+            if mode == "swap":
+                name = "images_evaluation_105px.zip"
+            path = files / name
+            if mode == "missing" or not path.is_file():
+                return None
+            body = HTML if mode == "html" else path.read_bytes()
+            kind = "text/html" if mode == "html" else "application/zip"
+            return (body[: len(body) // 2] if mode == "cut" else body), len(body), kind
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-                outer.requests.append(self.path)
-                mode, _, name = self.path.strip("/").partition("/")
-                if mode == "swap":
-                    name = "images_evaluation_105px.zip"
-                path = outer.files / name
-                if mode == "missing" or not path.is_file():
-                    self.send_error(404)
-                    return
-                body = HTML if mode == "html" else path.read_bytes()
-                self.send_response(200)
-                self.send_header(
-                    "Content-Type", "text/html" if mode == "html" else "application/zip"
-                )
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body[: len(body) // 2] if mode == "cut" else body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__(respond)
 
 
 @pytest.fixture(scope="module")

@@ -10,10 +10,8 @@ import hashlib
 import io
 import re
 import tarfile
-import threading
 import zipfile
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -37,6 +35,7 @@ from reptorch.data.miniimagenet_manifest import (
     verify,
 )
 from reptorch.errors import DataError
+from tests.helpers import LoopbackServer
 
 HTML = b"<!DOCTYPE html><html><head><title>Not Found</title></head><body>404</body></html>"
 TOP = f"split_minidataset-{COMMIT}"  # GitHub's archives put everything under this folder
@@ -95,38 +94,22 @@ def corrupt(files: dict[str, bytes], name: str) -> dict[str, bytes]:
     return {**files, name: bytes(data)}
 
 
-class Server:
+INSTALLED = ["images", "test.csv", "train.csv", "val.csv"]  # what an install leaves, alone
+
+
+class Server(LoopbackServer):
     """/ok/NAME the archive; /cut/NAME half of it with the full Content-Length; /cutnolen/NAME
     half of it and no length (a streamed archive dropped); /html/NAME an HTML page; else 404."""
 
     def __init__(self, bodies: dict[str, bytes]) -> None:
-        self.requests: list[str] = []
-        outer = self
+        def respond(mode: str, name: str) -> tuple[bytes, int | None, None] | None:
+            body = HTML if mode == "html" else bodies.get(name)
+            if body is None or mode not in ("ok", "cut", "cutnolen", "html"):
+                return None
+            sent = body[: len(body) // 2] if mode.startswith("cut") else body
+            return sent, None if mode == "cutnolen" else len(body), None
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-                outer.requests.append(self.path)
-                mode, _, name = self.path.strip("/").partition("/")
-                body = HTML if mode == "html" else bodies.get(name)
-                if body is None or mode not in ("ok", "cut", "cutnolen", "html"):
-                    self.send_error(404)
-                    return
-                self.send_response(200)
-                if mode != "cutnolen":
-                    self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body[: len(body) // 2] if mode.startswith("cut") else body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__(respond)
 
 
 @pytest.fixture(scope="module")
@@ -215,12 +198,7 @@ def test_download_installs_ravis_layout(
     target = tmp_path / "miniimagenet"
     logs = download(target, f"{server.url}/ok/full.zip", manifest)
     assert "1500 images verified" in logs[-1]
-    assert sorted(p.name for p in target.iterdir()) == [
-        "images",
-        "test.csv",
-        "train.csv",
-        "val.csv",
-    ]
+    assert sorted(p.name for p in target.iterdir()) == INSTALLED
     images = target / "images"
     assert sorted(p.name for p in images.iterdir()) == sorted(sample)
     assert all((images / n).read_bytes() == d for n, d in sample.items())
@@ -277,12 +255,7 @@ def test_a_failed_download_keeps_the_installed_copy(
     with pytest.raises(DataError, match="corrupt"):
         download(tmp_path, f"{server.url}/ok/corrupt.zip", manifest, force=True)
     assert verify_installed(tmp_path, manifest)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "images",
-        "test.csv",
-        "train.csv",
-        "val.csv",
-    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == INSTALLED
 
 
 def verify_installed(directory: Path, manifest: Manifest) -> bool:
@@ -328,12 +301,7 @@ def test_leftovers_of_a_killed_run_are_removed_and_another_layout_is_refused(
     (tmp_path / ".miniimagenet-archive.abc.part").write_bytes(b"PK\x03\x04")
     (tmp_path / ".train.csv.123.tmp").write_bytes(b"filename")
     download(tmp_path, f"{server.url}/ok/full.zip", manifest)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "images",
-        "test.csv",
-        "train.csv",
-        "val.csv",
-    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == INSTALLED
     other = tmp_path / "other"
     (other / "train" / BAD_CLASS).mkdir(parents=True)
     with pytest.raises(DataError, match=r"already holds Mini-ImageNet in another layout"):
@@ -389,9 +357,4 @@ def test_an_install_that_fails_midway_puts_the_previous_copy_back(
     with pytest.raises(DataError, match=r"cannot write Mini-ImageNet into .*No space left"):
         download(tmp_path, f"{server.url}/ok/full.zip", manifest, force=True)
     assert verify_installed(tmp_path, manifest)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "images",
-        "test.csv",
-        "train.csv",
-        "val.csv",
-    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == INSTALLED

@@ -4,10 +4,8 @@ an HTML page, a 404 or an altered table."""
 
 from __future__ import annotations
 
-import threading
 import zipfile
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -23,6 +21,7 @@ from reptorch.data.download_tabular import (
 )
 from reptorch.errors import DataError
 from reptorch.tabular.data import load_keel
+from tests.helpers import LoopbackServer
 
 HTML = b"<!DOCTYPE html><html><body>Sign in</body></html>"
 
@@ -44,37 +43,18 @@ def build_wheel(keel: Path, path: Path, alter: str | None = None) -> bytes:
     return path.read_bytes()
 
 
-class Server:
+class Server(LoopbackServer):
     """/ok/WHEEL the wheel, /cut/ half of it with the full length, /html/ an HTML page,
     /missing/ a 404, /altered/ a wheel with one table changed."""
 
     def __init__(self, bodies: dict[str, bytes]) -> None:
-        self.requests: list[str] = []
-        outer = self
+        def respond(mode: str, name: str) -> tuple[bytes, int | None, None] | None:
+            if mode == "missing" or name != KEEL_WHEEL:
+                return None
+            body = {"html": HTML, "altered": bodies["altered"]}.get(mode, bodies["ok"])
+            return (body[: len(body) // 2] if mode == "cut" else body), len(body), None
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-                outer.requests.append(self.path)
-                mode, _, name = self.path.strip("/").partition("/")
-                if mode == "missing" or name != KEEL_WHEEL:
-                    self.send_error(404)
-                    return
-                body = {"html": HTML, "altered": bodies["altered"]}.get(mode, bodies["ok"])
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body[: len(body) // 2] if mode == "cut" else body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__(respond)
 
 
 @pytest.fixture(scope="module")
