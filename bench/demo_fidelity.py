@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from reptorch.cli.common import cpu_threads
+from reptorch.chain_threads import cpu_threads
 from reptorch.data.omniglot_files import decode_png
 from reptorch.demo import fidelity, strokes
 from reptorch.demo.engine import Engine

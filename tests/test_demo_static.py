@@ -85,7 +85,7 @@ def page(browser, site):
 @pytest.fixture(scope="module")
 def engine(trained_demo_model):
     """The Python engine on one thread, as `reptorch demo` runs it: two intra-op threads stall
-    for seconds on a machine whose other core is busy (reptorch.cli.common.cpu_threads)."""
+    for seconds on a machine whose other core is busy (reptorch.chain_threads.cpu_threads)."""
     import torch
 
     threads = torch.get_num_threads()

@@ -10,9 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from reptorch import distributed
+from reptorch.chain_threads import cpu_threads
 from reptorch.run.directory import eval_file
 from reptorch.run.io import atomic_write_json
 
@@ -59,18 +58,6 @@ def report(summary: dict[str, Any], directory: Path | None, as_json: bool) -> No
             print(f"note: could not save the evaluation in {directory}: {error}", file=sys.stderr)
     if as_json:
         print(json.dumps(summary))
-
-
-def cpu_threads() -> int:
-    """Runs this thread's torch ops single-threaded; returns the thread count it had.
-
-    The fast oracle splits tasks over that many single-threaded workers instead. Intra-op
-    threads on these small tensors wait at OpenMP barriers whenever another process holds a
-    core: measured 13x slower training and 80x slower single-task evaluation on 2 shared cores.
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    return threads
 
 
 def in_group(body: Callable[[argparse.Namespace, int, distributed.Group], int], args) -> int:

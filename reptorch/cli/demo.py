@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
             f"the demo needs the 'demo' extra ({error.name} is missing): "
             f"pip install 'reptorch[demo]'"
         ) from None
-    from reptorch.cli.common import cpu_threads
+    from reptorch.chain_threads import cpu_threads
     from reptorch.demo.engine import Engine
 
     model = load_model(args)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from reptorch.cli.common import cpu_threads
+from reptorch.chain_threads import cpu_threads
 from reptorch.errors import ConfigError
 from reptorch.experiments.gradcomb import (
     CURVES,

@@ -93,7 +93,7 @@ class Trainer:
         group: Group = LOCAL,
         chain_threads: int = 1,
     ) -> None:
-        """workers: CPU threads of the fast oracle (see `reptorch.cli.common.cpu_threads`);
+        """workers: CPU threads of the fast oracle (see `reptorch.chain_threads.cpu_threads`);
         group: this process's place in a torchrun job (`reptorch.distributed.setup`);
         chain_threads: intra-op threads of the exact sequential chain (`parallel='loop'` on a
         CPU), opt-in. `config.chain_workers` (0: chosen, or the run's recorded value on resume)
