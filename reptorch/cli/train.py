@@ -62,8 +62,8 @@ _VALUE_FLAGS: dict[str, tuple[str, type, str]] = {
         "chain_workers",
         int,
         "workers splitting each step of the exact chain (--parallel loop on a CPU); 0: the "
-        "cores for Mini-ImageNet's network, 1 for Omniglot's; a resumed run keeps its recorded "
-        "number unless given (docs/benchmarks.md)",
+        "cores for Mini-ImageNet's network and for Omniglot steps of 20 images or more, else 1; "
+        "a resumed run keeps its recorded number unless given (docs/benchmarks.md)",
     ),
 }
 _FLAG_FIELDS = {
