@@ -119,6 +119,7 @@ def reptorch_step(
     mode: str = "library",
     chain_workers: int = 0,
     threads: int = 1,
+    fixed: bool = False,
 ) -> Callable[[int], None]:
     """The library's training step: `MetaLearner` + `Reptile` + inner `Adam`.
 
@@ -128,7 +129,8 @@ def reptorch_step(
     over `chain_workers` workers, 0: the default `reptorch train` chooses), 'vmap' (the generic
     `vmap(grad_and_value)` oracle in the core's inner loop). The reference's summed loss.
     The exact step runs with `threads` intra-op threads, as `reptorch train` runs its chain
-    (1; `--chain-threads N`: N).
+    (1; `--chain-threads N`: N). `fixed`: a worker per slice always, whatever other processes
+    hold (before 2026-12-06 the only way; by default the threads follow the free cores).
     """
     torch.manual_seed(0)
     net = s.network().to(device)
@@ -137,6 +139,8 @@ def reptorch_step(
     if mode == "exact":
         workers = resolve_chain_workers(chain_workers, net, True, images=s.inner_batch)
     oracle = model.batched_loss_and_grad(fast=mode != "vmap", workers=workers)
+    if fixed:
+        oracle.threads = lambda slices: slices
     parallel = "loop" if mode == "exact" else "vmap"
     algorithm = Reptile(model, Adam(s.lr), parallel=parallel, batched_loss_and_grad=oracle)
     learner = MetaLearner(algorithm, Interpolation(1.0, 0.0, 100_000), model.init_params())
@@ -258,6 +262,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--busy", type=int, default=1, help="busy processes beside the second table (0: skip it)"
     )
+    parser.add_argument(
+        "--busy-only", action="store_true", help="only the table beside busy processes"
+    )
     parser.add_argument("--memory-iters", type=int, default=0, help="only: RSS over N iters")
     parser.add_argument("--markdown", default=None, help="append the result table to this file")
     args = parser.parse_args(argv)
@@ -271,7 +278,7 @@ def main(argv: list[str] | None = None) -> None:
     gemm = sgemm_gflops(device=str(device))
     wanted = [s for s in SETTINGS if args.settings == "all" or _key(s) in args.settings.split(",")]
     rows = []
-    for s in wanted:
+    for s in [] if args.busy_only else wanted:
         runs = {
             "exact": reptorch_step(s, device, "exact"),
             "baseline": baseline_step(s, device),
@@ -279,6 +286,8 @@ def main(argv: list[str] | None = None) -> None:
             "merged": reptorch_step(s, device),
             "intra-op 2 threads": reptorch_step(s, device, "exact", 1, threads=2),
         }
+        if resolve_chain_workers(0, s.network(), True, images=s.inner_batch) > 1:
+            runs["exact, fixed"] = reptorch_step(s, device, "exact", fixed=True)
         if args.vmap:
             runs["vmap oracle"] = reptorch_step(s, device, "vmap")
         # Mini-ImageNet's meta-iterations take seconds: fewer of them per round
@@ -290,7 +299,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.busy and device.type == "cpu":
         busy_rows = beside_busy(wanted, args.busy, rounds, per_round)
     evals = {}
-    if not args.no_eval:
+    if not (args.no_eval or args.busy_only):
         for mode in ("transductive", "non-transductive"):
             # chunks of 500 tasks, as `reptorch eval` runs the Omniglot 5w1s evaluation
             evals[mode] = evaluation_rate(mode, device, eval_tasks, chunk=min(500, eval_tasks))
@@ -322,6 +331,7 @@ def beside_busy(
                 "default": reptorch_step(s, torch.device("cpu"), "exact"),
                 "1 worker": reptorch_step(s, torch.device("cpu"), "exact", chain_workers=1),
                 "2 workers": reptorch_step(s, torch.device("cpu"), "exact", chain_workers=2),
+                "2 workers, fixed": reptorch_step(s, _CPU, "exact", chain_workers=2, fixed=True),
                 "intra-op 2 threads": reptorch_step(s, _CPU, "exact", 1, threads=2),
             }
             big = s.dataset == "miniimagenet"
@@ -386,14 +396,15 @@ def format_report(env, gemm, rows, busy_rows, busy, evals, command) -> str:
             "",
             f"With {busy} busy-looping process(es) beside it (the exact step; ratio to 1 worker):",
             "",
-            "| setting | default it/s | 1 worker it/s | 2 workers it/s | intra-op 2 threads it/s |",
-            "|---|---|---|---|---|",
+            "| setting | default it/s | 1 worker it/s | 2 workers it/s | 2 workers, fixed it/s |"
+            " intra-op 2 threads it/s |",
+            "|---|---|---|---|---|---|",
         ]
         for s, rates in busy_rows:
             med = {k: statistics.median(v) for k, v in rates.items()}
             one = med["1 worker"]
             cells = [f"{med[k]:.2f} ({med[k] / one:.2f}x)" for k in med if k != "1 worker"]
-            lines.append(f"| {s.name} | {cells[0]} | {one:.2f} | {cells[1]} | {cells[2]} |")
+            lines.append(f"| {s.name} | {cells[0]} | {one:.2f} | {' | '.join(cells[1:])} |")
     if evals:
         lines += ["", "| evaluation (5w1s, 50 steps) | tasks/s | 10,000 tasks |", "|---|---|---|"]
         for mode, rate in evals.items():

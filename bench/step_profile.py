@@ -71,7 +71,7 @@ def profile_step(s: Setting, images: int, repeats: int) -> dict[tuple[str, str, 
     grads = [torch.empty_like(params[k]) for k in names]
     x = torch.rand(1, images, *s.image)
     y = torch.randint(0, s.ways, (1, images))
-    args = ([params[k] for k in names], x, y, grads, True, -1, 0, images, 1.0)
+    args = ([params[k] for k in names], [x], [y], [grads], True, -1, 0, 0, images, 1.0)
     sides = layer_sides(spec, s.image[1])
     torch.set_num_threads(1)
     for _ in range(3):

@@ -4,16 +4,19 @@ The reference threads one inner Adam state through the tasks of a meta-batch in 
 meta-iteration is one chain of dependent inner steps; the cores can only share work inside a step.
 Two ways to share it:
 
-- `chain_workers` W > 1 (the default where it pays): the fast kernels' own single-threaded
-  workers split every step's images, summing BatchNorm statistics and gradients at a dozen
-  meetings per step (`reptorch.fast.comm`). A worker that waits sleeps instead of spinning, so a
-  busy neighbour on one core slows the chain to its fair share rather than stalling every
-  meeting. Chosen automatically (`resolve_chain_workers`) where the steps are long enough that
-  the meetings (~1-2 us each with the native ops) cost little: Mini-ImageNet's, and Omniglot's
-  with 20 images a step; Omniglot's 10-image steps stay on one worker, with the interval
-  evaluations on a second thread beside the chain.
-  Float rounding (the order of the partial sums), hence the trajectory, depends on W: a run
-  records W in its config.json, and `chain_workers=1` gives the single-worker trajectory.
+- `chain_workers` W > 1 (the default where it pays): every step's images are cut into W fixed
+  slices (`reptorch.fast.kernel`), run by the fast kernels' own single-threaded workers, one
+  slice each, meeting a dozen times per step to sum BatchNorm statistics and gradients
+  (`reptorch.fast.comm`) — or, while other processes hold cores, by one worker taking the slices
+  in turn (`reptorch.fast.cores` measures the free cores as the run goes). Both do the same
+  float operations, so the thread count follows the load without changing a bit: beside a busy
+  process the chain runs as fast as on one worker, on idle cores at the split's speed. Chosen
+  automatically (`resolve_chain_workers`) where the steps are long enough that the meetings
+  (~1-8 us each with the native ops) cost little: Mini-ImageNet's, and Omniglot's with 20
+  images a step; Omniglot's 10-image steps stay whole, with the interval evaluations on a
+  second thread beside the chain.
+  Float rounding (the order of the partial sums), hence the trajectory, depends on W alone: a
+  run records W in its config.json, and `chain_workers=1` gives the unsplit trajectory.
 - `chain_threads` > 1: the chain gets that many intra-op (OpenMP) threads. On an otherwise idle
   2-core machine the bare meta-iteration runs ~1.5x faster, a whole training run 1.0-1.25x;
   beside one busy process ~2.5x slower (OpenMP barriers spin for a descheduled thread)

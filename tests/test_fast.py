@@ -125,7 +125,12 @@ def test_other_modules_get_no_fast_oracle():
     assert fast_loss_and_grad_for(OmniglotNet(7, filters=16)) is not None
 
 
-PLANS = {"one worker": (1, None), "images": (2, ("images", 2)), "tasks": (2, ("tasks", 1))}
+PLANS = {  # (workers, forced plan, threads running the image slices)
+    "one worker": (1, None, None),
+    "images": (2, ("images", 2), 2),
+    "images on one thread": (2, ("images", 2), 1),
+    "tasks": (2, ("tasks", 1), None),
+}
 
 
 def _small_miniimagenet() -> FourBlockNet:
@@ -174,10 +179,12 @@ def test_fast_inner_loop_matches_core_adapt(
     }
     params = tree.add(tree.expand(phi, tasks), noise)
     ref = adapt(model.vmap_loss_and_grad(), params, batches, opt, state, weight_decay=0.999)
-    workers, forced = PLANS[plan]
+    workers, forced, threads = PLANS[plan]
     oracle = fast_loss_and_grad_for(model.module, workers=workers)
     if forced is not None:  # whole tasks (one per work item) or every task's images split
         monkeypatch.setattr(oracle, "plan", lambda tasks, batch, workers: forced)
+    if threads is not None:  # the slices on one worker each, or all on one
+        oracle.threads = lambda slices: threads
     new = oracle.adapt(params, batches, opt, state, weight_decay=0.999)
     tol = dict(rtol=1e-9, atol=1e-11)
     torch.testing.assert_close(new.losses, ref.losses, **tol)
@@ -192,6 +199,48 @@ def test_fast_inner_loop_matches_core_adapt(
             torch.testing.assert_close(
                 new.state.exp_avg_sq[name], ref.state.exp_avg_sq[name], rtol=1e-6, atol=1e-20
             )
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("slices", [2, 3])
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+@pytest.mark.parametrize("net", NETS)
+def test_the_threads_running_the_slices_never_change_a_bit(
+    net: str, optimizer: str, slices: int, dtype: torch.dtype, meetings: str
+):
+    """A step's images cut into S slices: S workers (one slice each, meeting to sum) and one
+    worker taking them in turn give bitwise the same params, moments and losses, so the thread
+    count may follow the free cores; S itself changes only rounding (vs 1 slice)."""
+    from reptorch import tree
+    from reptorch.functional import FunctionalModel
+    from reptorch.inner_optim import SGD, Adam
+
+    torch.manual_seed(5)
+    make, shape = NETS[net]
+    model = FunctionalModel(make().to(dtype))
+    phi = model.init_params()
+    gen = torch.Generator().manual_seed(5)
+    batches = [_inputs(1, 5, 2, shape, dtype, gen) for _ in range(3)]
+    opt = Adam(1e-3) if optimizer == "adam" else SGD(0.05)
+    runs = {}
+    for workers, threads in ((1, 1), (slices, slices), (slices, 1)):
+        oracle = fast_loss_and_grad_for(model.module, workers=workers, reduction="sum")
+        oracle.threads = lambda s, threads=threads: threads
+        runs[workers, threads] = oracle.adapt(
+            tree.expand(phi, 1), batches, opt, opt.init(phi), weight_decay=0.99
+        )
+        assert oracle.last_threads == (threads if workers > 1 else 0)
+    split, alone, whole = runs[slices, slices], runs[slices, 1], runs[1, 1]
+    assert torch.equal(split.losses, alone.losses)
+    tol = dict(rtol=1e-3, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-9, atol=1e-11)
+    for name in phi:
+        assert torch.equal(split.params[name], alone.params[name]), name
+        # float32 Adam: rounding-level gradient differences can be ~1% of an early step
+        torch.testing.assert_close(split.params[name], whole.params[name], **tol)
+        if optimizer == "adam":
+            for moment in ("exp_avg", "exp_avg_sq"):
+                a, b = getattr(split.state, moment)[name], getattr(alone.state, moment)[name]
+                assert torch.equal(a, b), (moment, name)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -146,7 +146,7 @@ def loss_and_grad(
         out = {k: x.new_empty(params[k].shape) for k in names}
     with torch.no_grad():
         loss = kernel(spec).loss_and_grad(
-            [params[k] for k in names], x, y, [out[k] for k in names], False, -1, 0, x.shape[1],
-            float(x.shape[1]) if reduction == "mean" else 1.0,
-        )  # fmt: skip
+            [params[k] for k in names], [x], [y], [[out[k] for k in names]], False, -1, 0, 0,
+            x.shape[1], float(x.shape[1]) if reduction == "mean" else 1.0,
+        )[0]  # fmt: skip
     return loss, {k: out[k] for k in params}

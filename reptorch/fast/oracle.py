@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from reptorch.adapt import AdaptResult
 from reptorch.fast import comm, convnet
 from reptorch.fast.convnet import ConvNetSpec, Params
+from reptorch.fast.cores import FREE_CORES
 from reptorch.fast.flat import FlatLayout
 from reptorch.inner_optim import SGD, Adam, AdamState, SGDState
 from reptorch.losses import LOSS_REDUCTIONS
@@ -74,6 +75,9 @@ class ConvNetOracle:
     item_tasks: tasks per work item when sharing by tasks.
     reduction: the softmax cross-entropy's over a mini-batch, 'mean' or 'sum' (the reference's;
     `reptorch.losses`).
+    threads: when a step's images are split into S slices, how many threads run them (S or 1;
+    the same bits either way): by default the cores other processes leave free
+    (`reptorch.fast.cores`).
     """
 
     def __init__(
@@ -82,6 +86,7 @@ class ConvNetOracle:
         workers: int | None = None,
         item_tasks: int = ITEM_TASKS,
         reduction: str = "mean",
+        threads: Callable[[int], int] | None = None,
     ) -> None:
         if workers is not None and workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
@@ -91,6 +96,8 @@ class ConvNetOracle:
         self.spec = spec
         self.workers = workers
         self.item_tasks = item_tasks
+        self.threads = threads if threads is not None else FREE_CORES.threads
+        self.last_threads = 0  # the threads that ran the last image-split inner loop
         self._names = spec.names()
         self._buffers: dict[str, Tensor] = {}
         self._busy = threading.Lock()
@@ -252,37 +259,52 @@ class ConvNetOracle:
                 p, g = flat[s], grad[s]
                 params, grads = self._in_kernel_order(layout, p), self._in_kernel_order(layout, g)
                 convnet.kernel(self.spec).adapt(
-                    params, grads, p, [g], g, m[s], v[s], denom[s],
-                    [x[s] for x in xs], [y[s] for y in ys], losses[:, s],
-                    hyper, step0, -1, 0, xs[0].shape[1], 0, p.shape[1],
+                    params, [grads], p, [g], g, m[s], v[s], denom[s],
+                    [[x[s]] for x in xs], [[y[s]] for y in ys], [losses[:, s]],
+                    hyper, step0, -1, 0, 0, xs[0].shape[1], [0, p.shape[1]],
                 )  # fmt: skip
 
         self._map(run, tasks, per_item, self._workers(xs[0]))
         return losses
 
     def _adapt_by_images(self, layout, flat, m, v, xs, ys, hyper, step0, size) -> Tensor:
+        """Every step's images cut into `size` slices, run by `size` workers (one slice each)
+        or, where other processes hold cores (`self.threads`), by one taking them in turn:
+        the same float operations either way (`reptorch.fast.kernel`)."""
         tasks, width = flat.shape
         batch = xs[0].shape[1]
         partials = [self._scratch(f"partial{rank}", flat) for rank in range(size)]
         total, denom = self._scratch("total", flat), self._scratch("denom", flat)
         losses = [flat.new_empty(len(xs), tasks) for _ in range(size)]
         params = self._in_kernel_order(layout, flat)
+        grads = [self._in_kernel_order(layout, partial) for partial in partials]
         images = _chunks(batch, size)
-        columns = _chunks(-(-width // 16), size)  # 64-byte aligned column shares
+        columns = []  # 64-byte aligned column shares, [lo, hi] per slice
+        for share in _chunks(-(-width // 16), size):
+            columns.append([min(16 * share.start, width), min(16 * share.stop, width)])
+        x_slices = [[x[:, s] for s in images] for x in xs]
+        y_slices = [[y[:, s] for s in images] for y in ys]
+
+        def run(first: int, count: int, group: int, rank: int, native: bool) -> None:
+            ours = slice(first, first + count)
+            with torch.no_grad():
+                convnet.kernel(self.spec, native).adapt(
+                    params, grads[ours], flat, partials, total, m, v, denom,
+                    [x[ours] for x in x_slices], [y[ours] for y in y_slices], losses[ours],
+                    hyper, step0, group, rank, first, batch,
+                    [c for pair in columns[ours] for c in pair],
+                )  # fmt: skip
+
+        self.last_threads = self.threads(size)
+        if self.last_threads == 1:
+            _pool(size).submit(run, 0, size, -1, 0, False).result()
+            return torch.stack(losses).sum(0)
 
         native = comm.native()
 
-        def run(rank: int, group: comm.Group) -> None:
-            lo, hi = min(16 * columns[rank].start, width), min(16 * columns[rank].stop, width)
-            s = images[rank]
-            grads = self._in_kernel_order(layout, partials[rank])
+        def member(rank: int, group: comm.Group) -> None:
             try:
-                with torch.no_grad():
-                    convnet.kernel(self.spec, native).adapt(
-                        params, grads, flat, partials, total, m, v, denom,
-                        [x[:, s] for x in xs], [y[:, s] for y in ys], losses[rank],
-                        hyper, step0, group.id, rank, batch, lo, hi,
-                    )  # fmt: skip
+                run(rank, 1, group.id, rank, native)
             except BaseException:
                 group.abort()  # release the others from their barriers
                 raise
@@ -290,7 +312,7 @@ class ConvNetOracle:
         # One group at a time per process: two groups sharing the pool could each hold a thread
         # while waiting for a member queued behind the other's (a deadlock).
         with _GROUP_LOCK, comm.Group(size, native) as group:
-            futures = [_pool(size).submit(run, rank, group) for rank in range(size)]
+            futures = [_pool(size).submit(member, rank, group) for rank in range(size)]
             errors = [f.exception() for f in futures]
         real = [e for e in errors if e is not None and not comm.released(e)]
         if real or any(errors):

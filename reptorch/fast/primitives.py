@@ -1,0 +1,212 @@
+"""The layer primitives of the fast kernels: scratch buffers, 'same' padding, im2col's adjoint,
+PyTorch's own convolutions and max pooling, channels-last (N, H, W, C) throughout.
+
+`reptorch.fast.kernel.ConvNetKernel` builds the paper nets' forward, backward and inner loop from
+these; they are TorchScript methods of one base module so that the whole step scripts as one.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class KernelPrimitives(nn.Module):
+    """Scratch buffers and per-layer ops shared by the fast kernels (see module doc).
+
+    `ws` holds scratch buffers reused across calls (fresh multi-MiB tensors each step cost page
+    faults, ~20% of a step); one instance per thread, so workers never share one.
+    """
+
+    ws: dict[str, Tensor]
+    shaped: dict[str, Tensor]
+    taps: dict[str, list[Tensor]]
+
+    def __init__(self, stride: int, pool: bool, layers: int, eps: float, native: bool) -> None:
+        super().__init__()
+        if native and stride != 1:
+            raise ValueError("native convolutions need stride 1 (symmetric 'same' padding)")
+        self.native = native
+        self.stride = stride
+        self.pool = pool
+        self.layers = layers
+        self.eps = eps
+        self.ws = {}
+        self.shaped = {}
+        self.taps = {}
+
+    def _buf(self, key: str, shape: list[int], like: Tensor) -> Tensor:
+        """The scratch tensor `key` with this shape, reused while shape, dtype and device hold."""
+        return self._cached(key, shape, like)[0]
+
+    def _cached(self, key: str, shape: list[int], like: Tensor) -> tuple[Tensor, bool]:
+        """`_buf` and whether the view is new (new shape or new buffer) since the last call.
+
+        The view itself is cached, so a step costs no slicing or viewing ops for its buffers
+        (a TorchScript op costs ~1 us; a step has hundreds of them).
+        """
+        if key in self.shaped:
+            view = self.shaped[key]
+            if view.size() == shape and view.dtype == like.dtype and view.device == like.device:
+                return view, False
+        n = 1
+        for size in shape:
+            n *= size
+        buf = torch.empty([0], dtype=like.dtype, device=like.device)
+        if key in self.ws:
+            buf = self.ws[key]
+        if buf.numel() < n or buf.dtype != like.dtype or buf.device != like.device:
+            buf = torch.empty([n], dtype=like.dtype, device=like.device)
+            self.ws[key] = buf
+            self.taps.clear()  # tap views may point into a replaced buffer
+        view = buf[:n].view(shape)
+        self.shaped[key] = view
+        return view, True
+
+    @torch.jit.export
+    def clear(self) -> None:
+        self.ws.clear()
+        self.shaped.clear()
+        self.taps.clear()
+
+    def _same(self, size: int) -> tuple[int, int]:
+        """TF 'same' padding (before, after) of a 3-wide window: out = ceil(size / stride)."""
+        out = (size + self.stride - 1) // self.stride
+        total = max((out - 1) * self.stride + 3 - size, 0)
+        return total // 2, total - total // 2
+
+    def _padded(
+        self, n: int, h: int, w: int, c: int, key: str, like: Tensor
+    ) -> tuple[Tensor, Tensor, int, int]:
+        """A (N, Hp, Wp, C) buffer with zeroed 'same' borders, its interior view, (top, left).
+
+        Only interiors are ever written, so borders are zeroed once per buffer and shape.
+        """
+        top, bottom = self._same(h)
+        left, right = self._same(w)
+        shape = [n, h + top + bottom, w + left + right, c]
+        inner = key + ":interior"
+        buf, new = self._cached(key, shape, like)
+        if not new and inner in self.shaped:
+            return buf, self.shaped[inner], top, left
+        if top > 0:
+            buf[:, :top].zero_()
+        if bottom > 0:
+            buf[:, top + h :].zero_()
+        if left > 0:
+            buf[:, top : top + h, :left].zero_()
+        if right > 0:
+            buf[:, top : top + h, left + w :].zero_()
+        interior = buf[:, top : top + h, left : left + w]
+        self.shaped[inner] = interior
+        return buf, interior, top, left
+
+    def _col2im(self, dcols: Tensor, hp: int, wp: int, key: str) -> Tensor:
+        """Adjoint of im2col: adds the 9 taps of (N, Ho, Wo, 3, 3, C) into (N, Hp, Wp, C)."""
+        n, ho, wo, c = dcols.size(0), dcols.size(1), dcols.size(2), dcols.size(5)
+        dxp = self._buf(key, [n, hp, wp, c], dcols)
+        taps: list[Tensor] = []
+        if key in self.taps:
+            taps = self.taps[key]
+            # Valid while the shapes hold: `_buf` drops every tap list when it replaces a buffer.
+            if taps[0].size() != dxp.size() or taps[1].size() != dcols.size():
+                taps = []
+        if len(taps) == 0:  # (destination, source) view pairs, built once per shape
+            taps = [dxp, dcols]
+            he, we = self.stride * (ho - 1) + 1, self.stride * (wo - 1) + 1
+            for kh in range(3):
+                for kw in range(3):
+                    taps.append(dxp[:, kh : kh + he : self.stride, kw : kw + we : self.stride, :])
+                    taps.append(dcols[:, :, :, kh, kw, :])
+            self.taps[key] = taps
+        dxp.zero_()
+        for j in range(2, 20, 2):
+            taps[j].add_(taps[j + 1])
+        return dxp
+
+    def _oihw(self, weight: Tensor, gemm: bool) -> Tensor:
+        """One task's conv weight as (O, C, 3, 3) in channels-last memory, oneDNN's layout."""
+        if gemm:
+            weight = weight.permute(3, 2, 0, 1)
+        return weight.contiguous(memory_format=torch.channels_last)
+
+    def _conv(self, a: Tensor, weight: Tensor, gemm: bool, t: int, b: int, key: str) -> Tensor:
+        """z (T, B*H*W, O): task t's 3x3 stride-1 'same' convolution of its images in `a`
+        (T*B, H, W, C), by PyTorch's own kernel (oneDNN on CPU), channels-last in and out."""
+        n, h, w = a.size(0), a.size(1), a.size(2)
+        o = weight.size(4) if gemm else weight.size(1)
+        if t == 1:
+            out = F.conv2d(a.permute(0, 3, 1, 2), self._oihw(weight[0], gemm), None, 1, 1)
+            return out.permute(0, 2, 3, 1).reshape(1, n * h * w, o)
+        z = self._buf(key, [n, h, w, o], a)
+        for j in range(t):
+            images = a[j * b : (j + 1) * b].permute(0, 3, 1, 2)
+            out = F.conv2d(images, self._oihw(weight[j], gemm), None, 1, 1)
+            z[j * b : (j + 1) * b].copy_(out.permute(0, 2, 3, 1))
+        return z.view(t, b * h * w, o)
+
+    def _conv_backward(
+        self,
+        dz: Tensor,
+        a: Tensor,
+        weight: Tensor,
+        gemm: bool,
+        t: int,
+        grad_weight: Tensor,
+        need_input: bool,
+        key: str,
+    ) -> Tensor:
+        """The adjoint of `_conv`: writes dL/dW into `grad_weight` (T, ...) and returns dL/da
+        (T*B, H, W, C) when `need_input` (else an empty tensor)."""
+        n, h, w, c = a.size(0), a.size(1), a.size(2), a.size(3)
+        b = n // t
+        o = dz.size(2)
+        da = torch.empty([0], dtype=a.dtype, device=a.device)
+        if need_input and t > 1:
+            da = self._buf("da" + key, [n, h, w, c], a)
+        for j in range(t):
+            g = dz[j].view(b, h, w, o).permute(0, 3, 1, 2)
+            images = a[j * b : (j + 1) * b].permute(0, 3, 1, 2)
+            grads = torch.ops.aten.convolution_backward(
+                g, images, self._oihw(weight[j], gemm), None,
+                [1, 1], [1, 1], [1, 1], False, [0, 0], 1, [need_input, True, False],
+            )  # fmt: skip
+            dw = grads[1]
+            if gemm:
+                grad_weight[j].copy_(dw.permute(2, 3, 1, 0))
+            else:
+                grad_weight[j].copy_(dw)
+            if need_input:
+                dx = grads[0].permute(0, 2, 3, 1)
+                if t == 1:
+                    da = dx
+                else:
+                    da[j * b : (j + 1) * b].copy_(dx)
+        return da
+
+    def _maxpool(self, a: Tensor) -> tuple[Tensor, Tensor]:
+        """2x2 stride-2 max pool of a non-negative (N, H, W, C) with TF 'same' padding (= ceil
+        mode: an odd side's last window is cut), and the argmax of each window.
+
+        PyTorch's own channels-last kernel: a hand-written reduction over a 6-d view of the
+        windows (the inner run is only C wide) measured ~10x slower in both passes.
+        """
+        pooled, where = torch.ops.aten.max_pool2d_with_indices(
+            a.permute(0, 3, 1, 2), [2, 2], [2, 2], [0, 0], [1, 1], True
+        )
+        return pooled.permute(0, 2, 3, 1), where
+
+    def _maxpool_backward(self, g: Tensor, a: Tensor, pooled: Tensor, where: Tensor) -> Tensor:
+        """Routes dL/dpooled to each window's maximum in `a` (through the ReLU: zero where the
+        maximum is 0)."""
+        g = torch.ops.aten.threshold_backward(g, pooled, 0.0)  # the ReLU backward
+        out = torch.ops.aten.max_pool2d_with_indices_backward(
+            g.permute(0, 3, 1, 2),
+            a.permute(0, 3, 1, 2),
+            [2, 2],
+            [2, 2],
+            [0, 0],
+            [1, 1],
+            True,
+            where,
+        )
+        return out.permute(0, 2, 3, 1)
