@@ -119,7 +119,7 @@ def reptorch_step(
     mode: str = "library",
     chain_workers: int = 0,
     threads: int = 1,
-    fixed: bool = False,
+    slice_threads: int | None = None,
 ) -> Callable[[int], None]:
     """The library's training step: `MetaLearner` + `Reptile` + inner `Adam`.
 
@@ -129,8 +129,9 @@ def reptorch_step(
     over `chain_workers` workers, 0: the default `reptorch train` chooses), 'vmap' (the generic
     `vmap(grad_and_value)` oracle in the core's inner loop). The reference's summed loss.
     The exact step runs with `threads` intra-op threads, as `reptorch train` runs its chain
-    (1; `--chain-threads N`: N). `fixed`: a worker per slice always, whatever other processes
-    hold (before 2026-12-06 the only way; by default the threads follow the free cores).
+    (1; `--chain-threads N`: N). `slice_threads`: the threads running the step's image slices,
+    whatever other processes hold (None: they follow the free cores, the default; the slice
+    count: one worker per slice always, the only way before 2026-12-06).
     """
     torch.manual_seed(0)
     net = s.network().to(device)
@@ -139,8 +140,8 @@ def reptorch_step(
     if mode == "exact":
         workers = resolve_chain_workers(chain_workers, net, True, images=s.inner_batch)
     oracle = model.batched_loss_and_grad(fast=mode != "vmap", workers=workers)
-    if fixed:
-        oracle.threads = lambda slices: slices
+    if slice_threads is not None:
+        oracle.threads = lambda slices: slice_threads
     parallel = "loop" if mode == "exact" else "vmap"
     algorithm = Reptile(model, Adam(s.lr), parallel=parallel, batched_loss_and_grad=oracle)
     learner = MetaLearner(algorithm, Interpolation(1.0, 0.0, 100_000), model.init_params())
@@ -287,7 +288,7 @@ def main(argv: list[str] | None = None) -> None:
             "intra-op 2 threads": reptorch_step(s, device, "exact", 1, threads=2),
         }
         if resolve_chain_workers(0, s.network(), True, images=s.inner_batch) > 1:
-            runs["exact, fixed"] = reptorch_step(s, device, "exact", fixed=True)
+            runs["exact, fixed"] = reptorch_step(s, device, "exact", slice_threads=2)
         if args.vmap:
             runs["vmap oracle"] = reptorch_step(s, device, "vmap")
         # Mini-ImageNet's meta-iterations take seconds: fewer of them per round
@@ -331,7 +332,7 @@ def beside_busy(
                 "default": reptorch_step(s, torch.device("cpu"), "exact"),
                 "1 worker": reptorch_step(s, torch.device("cpu"), "exact", chain_workers=1),
                 "2 workers": reptorch_step(s, torch.device("cpu"), "exact", chain_workers=2),
-                "2 workers, fixed": reptorch_step(s, _CPU, "exact", chain_workers=2, fixed=True),
+                "2 workers, fixed": reptorch_step(s, _CPU, "exact", 2, slice_threads=2),
                 "intra-op 2 threads": reptorch_step(s, _CPU, "exact", 1, threads=2),
             }
             big = s.dataset == "miniimagenet"

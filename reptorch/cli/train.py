@@ -61,9 +61,10 @@ _VALUE_FLAGS: dict[str, tuple[str, type, str]] = {
     "--chain-workers": (
         "chain_workers",
         int,
-        "workers splitting each step of the exact chain (--parallel loop on a CPU); 0: the "
-        "cores for Mini-ImageNet's network and for Omniglot steps of 20 images or more, else 1; "
-        "a resumed run keeps its recorded number unless given (docs/benchmarks.md)",
+        "slices each step's images of the exact chain (--parallel loop on a CPU) are cut into, "
+        "one worker each while as many cores are free, else one worker in turn (same bits); 0: "
+        "the cores for Mini-ImageNet's network and for Omniglot steps of 20 images or more, "
+        "else 1; a resumed run keeps its recorded number unless given (docs/benchmarks.md)",
     ),
 }
 _FLAG_FIELDS = {
