@@ -18,7 +18,7 @@ tasks (sine) report the query MSE instead.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -159,7 +159,11 @@ class Evaluator:
         chunks: Iterator[tuple[EvalTasks, torch.Tensor]],
         total: int,
         progress: bool = True,
+        on_chunk: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
+        stop: Callable[[], bool] | None = None,
     ) -> EvalResult:
+        """Every chunk's tasks fine-tuned and scored; `on_chunk(scores, predictions)` after each
+        (a resumable evaluation saves them), and no further chunk once `stop()` is true."""
         start, predictions, scores = time.perf_counter(), [], []
         with tqdm(total=total, unit="task", desc="eval", disable=not progress, leave=False) as bar:
             for tasks, indices in chunks:
@@ -167,6 +171,10 @@ class Evaluator:
                 predictions.append(predicted.cpu())
                 scores.append(score)
                 bar.update(len(score))
+                if on_chunk is not None:
+                    on_chunk(score, predictions[-1])
+                if stop is not None and stop():
+                    break
         metric = "mse" if self.spec.regression else "accuracy"
         if not scores:  # no task in this process's share
             return EvalResult(torch.zeros(0), torch.zeros(0), metric, 0.0, start)

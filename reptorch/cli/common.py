@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from reptorch import distributed
 from reptorch.chain_threads import cpu_threads
 from reptorch.run.directory import eval_file
 from reptorch.run.io import atomic_write_json
+
+if TYPE_CHECKING:
+    from reptorch.run.training import Trainer
 
 
 def add_dist_timeout(parser: argparse.ArgumentParser) -> None:
@@ -46,18 +50,44 @@ def describe(summary: dict[str, Any]) -> str:
     )
 
 
-def report(summary: dict[str, Any], directory: Path | None, as_json: bool) -> None:
-    """Prints the summary (and JSON last if asked) and saves it in the run directory."""
+def report(summary: dict[str, Any], path: Path | None, as_json: bool) -> None:
+    """Prints the summary (and JSON last if asked) and saves it to `path`, if given."""
     print(describe(summary))
-    if directory is not None:
+    if path is not None:
         try:
-            atomic_write_json(
-                eval_file(directory, summary["transductive"], summary["split"]), summary
-            )
+            atomic_write_json(path, summary)
         except OSError as error:  # a read-only run directory still evaluates
-            print(f"note: could not save the evaluation in {directory}: {error}", file=sys.stderr)
+            print(f"note: could not save the evaluation in {path}: {error}", file=sys.stderr)
     if as_json:
         print(json.dumps(summary))
+
+
+def evaluate_and_report(
+    trainer: Trainer,
+    directory: Path | None,
+    as_json: bool,
+    group: distributed.Group,
+    **request: Any,
+) -> None:
+    """`trainer.evaluate(**request)`, reported and saved in the run directory (if any) as
+    `eval_file` names it. Resumable there: the tasks done are kept in its `.progress.json`
+    until the result is saved, so that a stopped evaluation continues (one process)."""
+    c = trainer.config
+    transductive = request.get("transductive")
+    transductive = c.transductive if transductive is None else transductive
+    setting = (request.get("ways") or c.classes, request.get("shots") or c.shots)
+    path = None
+    if directory is not None:
+        other = None if setting == (c.classes, c.shots) else setting
+        path = eval_file(directory, transductive, request.get("split", "test"), other)
+    resume = None
+    if path is not None and group.size == 1 and os.access(path.parent, os.W_OK):
+        resume = path.with_suffix(".progress.json")
+    summary = trainer.evaluate(resume_file=resume, **request)
+    if group.is_main:
+        report(summary, path, as_json)
+    if resume is not None:
+        resume.unlink(missing_ok=True)
 
 
 def in_group(body: Callable[[argparse.Namespace, int, distributed.Group], int], args) -> int:

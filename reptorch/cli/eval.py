@@ -12,7 +12,7 @@ import argparse
 from pathlib import Path
 
 from reptorch import distributed, pretrained
-from reptorch.cli.common import add_dist_timeout, in_group, report
+from reptorch.cli.common import add_dist_timeout, evaluate_and_report, in_group
 from reptorch.config import EVAL_INNER_STATES
 from reptorch.run.training import load_trainer
 
@@ -69,7 +69,11 @@ def _evaluate(args: argparse.Namespace, workers: int, group: distributed.Group) 
     else:
         directory = save_to = Path(args.checkpoint)
     trainer = load_trainer(directory, args.device, args.data_dir, workers, group)
-    summary = trainer.evaluate(
+    evaluate_and_report(
+        trainer,
+        save_to,
+        args.json,
+        group,
         split=args.split,
         num_tasks=args.eval_samples,
         seed=args.seed,
@@ -82,6 +86,4 @@ def _evaluate(args: argparse.Namespace, workers: int, group: distributed.Group) 
         inner_iters=args.eval_iters,
         inner_batch=args.eval_batch,
     )
-    if group.is_main:
-        report(summary, save_to, args.json)
     return 0

@@ -19,7 +19,7 @@ import torch
 from tqdm import tqdm
 
 from reptorch import distributed
-from reptorch.cli.common import add_dist_timeout, in_group, report
+from reptorch.cli.common import add_dist_timeout, evaluate_and_report, in_group
 from reptorch.config import (
     ALGORITHMS,
     DATASETS,
@@ -191,15 +191,16 @@ def _train(args: argparse.Namespace, workers: int, group: distributed.Group) -> 
     progress = not args.no_progress
     if args.pretrained:
         trainer = load_trainer(directory, args.device, args.data_dir, workers, group)
-        changes = {"transductive": args.transductive}
-        summary = trainer.evaluate(
+        evaluate_and_report(
+            trainer,
+            directory,
+            args.json,
+            group,
             num_tasks=args.eval_samples,
             inner_state=args.eval_inner_state,
             progress=progress,
-            **changes,
+            transductive=args.transductive,
         )
-        if group.is_main:
-            report(summary, directory, args.json)
         return 0
     config = config_from_args(args)
     config = config.replace(device=distributed.device_for(group, config.device))
@@ -215,7 +216,8 @@ def _train(args: argparse.Namespace, workers: int, group: distributed.Group) -> 
             f"{processes})"
         )
     if config.eval_samples > 0:
-        summary = trainer.evaluate(inner_state=args.eval_inner_state, progress=progress)
-        if group.is_main:
-            report(summary, directory, args.json)
+        inner_state = args.eval_inner_state
+        evaluate_and_report(
+            trainer, directory, args.json, group, inner_state=inner_state, progress=progress
+        )
     return 0

@@ -15,9 +15,14 @@ from reptorch.run.checkpoint import Checkpoint, list_checkpoints, load_checkpoin
 from reptorch.run.io import atomic_write_json
 
 
-def eval_file(directory: Path, transductive: bool, split: str) -> Path:
+def eval_file(
+    directory: Path, transductive: bool, split: str, setting: tuple[int, int] | None = None
+) -> Path:
+    """`eval-<mode>-<split>.json`, or `eval-<mode>-<split>-<N>w<K>s.json` for N-way K-shot tasks
+    other than the run's own (`setting`; one run gives the 1-shot and 5-shot cells)."""
     mode = "transductive" if transductive else "nontransductive"
-    return Path(directory) / f"eval-{mode}-{split}.json"
+    tail = "" if setting is None else f"-{setting[0]}w{setting[1]}s"
+    return Path(directory) / f"eval-{mode}-{split}{tail}.json"
 
 
 def prepare_directory(directory: Path, config: TrainConfig) -> None:

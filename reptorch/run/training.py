@@ -23,6 +23,7 @@ checkpoint it resumes from.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from collections.abc import Callable
@@ -49,6 +50,7 @@ from reptorch.functional import FunctionalModel
 from reptorch.inner_optim import AdamState, clone_state, make_inner_optimizer
 from reptorch.run.checkpoint import Checkpoint, save_checkpoint
 from reptorch.run.directory import open_run, read_run, recorded_chain_workers
+from reptorch.run.eval_progress import EvalProgress, model_digest
 from reptorch.run.metrics_log import MetricsLog
 from reptorch.run.setup import build_learner, build_module, build_sources, check_group, eval_spec
 from reptorch.run.stop_signals import StopSignals
@@ -322,6 +324,7 @@ class Trainer:
         progress: bool = True,
         keep_scores: bool = False,
         keep_predictions: bool = False,
+        resume_file: Path | None = None,
         **spec_changes: Any,
     ) -> dict[str, Any]:
         """The final evaluation of phi on `num_tasks` seeded tasks of `split`: a summary (score
@@ -332,6 +335,9 @@ class Trainer:
         (the reference), 'zero' from a fresh one. `spec_changes` override `EvalSpec` fields.
         keep_scores: also every task's score (`"task_scores"`, in task order); keep_predictions:
         the `EvalResult` itself (`"result"`: scores and predictions as tensors).
+        resume_file: the tasks' results are saved there after every chunk, and an evaluation
+        stopped by SIGINT/SIGTERM (`RunStopped`) or killed continues from it
+        (`reptorch.run.eval_progress`; one process only); the file goes when it completes.
         """
         c, group = self.config, self.group
         request = {"split": split, "tasks": num_tasks, "seed": seed, "inner_state": inner_state}
@@ -354,10 +360,30 @@ class Trainer:
         )
         shape = (1,) if c.is_regression else source.dataset.image_shape
         part = group.share(num_tasks)
+        staged = None
+        if resume_file is not None and group.size == 1:
+            key = {**request, "tasks": num_tasks, "seed": seed, **dataclasses.asdict(spec)}
+            key |= {"dataset": c.dataset, "model": model_digest(phi, state)}
+            staged = EvalProgress.open(resume_file, key)
+            part = range(staged.done, num_tasks)
         chunks = task_chunks(
             source, num_tasks, spec, seed, chunk or default_chunk(spec, shape), part
         )
-        result = evaluator.evaluate(phi, state, chunks, len(part), progress and group.is_main)
+        with StopSignals(enabled=staged is not None) as stop:
+            result = evaluator.evaluate(
+                phi, state, chunks, len(part), progress and group.is_main,
+                on_chunk=None if staged is None else staged.add,
+                stop=lambda: stop.received is not None,
+            )  # fmt: skip
+        if staged is not None:
+            if staged.done < num_tasks:  # stopped by a signal between chunks
+                raise RunStopped(
+                    f"evaluation stopped by {stop.name} after {staged.done:,} of {num_tasks:,} "
+                    f"tasks; saved in {resume_file}: rerun the same command to continue",
+                    int(stop.received or 0),
+                )
+            scores, predictions = staged.tensors()
+            result = EvalResult(scores, predictions, result.metric, staged.seconds)
         if group.size > 1:
             gathered = [
                 group.gather_rows(rows, "the evaluation's results")
@@ -371,6 +397,8 @@ class Trainer:
             eval_inner_state=inner_state,
             tasks_per_second=round(result.scores.numel() / max(result.seconds, 1e-9), 1),
         )
+        if staged is not None and len(staged.stages) > 1:
+            summary["stages"] = staged.stages  # the sessions it took, their tasks and seconds
         if keep_scores:
             summary["task_scores"] = result.scores.tolist()
         if keep_predictions:
