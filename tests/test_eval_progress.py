@@ -96,3 +96,16 @@ def test_cli_saves_each_setting_apart_and_clears_its_progress(run, capsys):
     other = json.loads((run / "eval-nontransductive-test-3w2s.json").read_text())
     assert (own["shots"], other["shots"]) == (1, 2)
     assert not list(run.glob("*.progress.json"))  # complete: nothing left to resume
+
+
+def test_the_k_shot_batch_follows_the_papers_row():
+    from reptorch.config import resolve
+    from reptorch.run.setup import eval_spec
+
+    mini = resolve("miniimagenet-5w1s")
+    assert eval_spec(mini).inner_batch == 5
+    assert eval_spec(mini, shots=5).inner_batch == 15  # the reference's 5-shot command
+    assert eval_spec(mini, shots=5, inner_batch=5).inner_batch == 5  # given: kept
+    assert eval_spec(mini.replace(eval_batch=7), shots=5).inner_batch == 7  # not the paper's
+    for preset, batch in (("omniglot-5w1s", 5), ("omniglot-20w1s", 10)):
+        assert eval_spec(resolve(preset), shots=5).inner_batch == batch

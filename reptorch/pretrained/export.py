@@ -5,10 +5,13 @@
 
 Copies the run's `config.json` and newest checkpoint into `reptorch/pretrained/<name>/`, then
 evaluates the model exactly as `reptorch eval --model <name>` does: 1-shot and 5-shot, each
-transductive and not, on `--tasks` seeded test tasks (mean +- 95% CI), plus `--check-tasks`
-tasks per cell whose per-task scores the card keeps so a test can show that `reptorch eval`
-reproduces them. Writes `card.json` and a human `README.md`. Nothing is half-written: the model
-folder is assembled beside the target and renamed into place.
+transductive and not (at the paper's fine-tuning batch for the shots), on `--tasks` seeded test
+tasks (mean +- 95% CI), plus `--check-tasks` tasks per cell whose per-task scores the card keeps
+so a test can show that `reptorch eval` reproduces them. The cells' evaluations are those
+`reptorch eval --checkpoint RUN` saves in the run directory: one done there beforehand (over
+several sessions, say) is reused, and a stopped export continues its cell. Writes `card.json`
+and a human `README.md`. Nothing is half-written: the model folder is assembled beside the
+target and renamed into place.
 """
 
 from __future__ import annotations
@@ -30,20 +33,32 @@ import torch
 from reptorch.errors import CheckpointError, ReptorchError
 from reptorch.pretrained import MODELS_DIR
 from reptorch.run.checkpoint import list_checkpoints, paths
+from reptorch.run.directory import eval_file
+from reptorch.run.eval_progress import model_digest
 from reptorch.run.io import atomic_write_json
 from reptorch.run.metrics_log import read_metrics
-from reptorch.run.training import load_trainer
+from reptorch.run.setup import paper_eval_batch
+from reptorch.run.training import Trainer, load_trainer
 
-# The paper's Reptile rows (paper-reference section 5): (ways, shots, transductive) -> (mean, ci)
+# The paper's Reptile rows (paper-reference section 5):
+# (dataset, ways, shots, transductive) -> (mean, ci)
 PAPER = {
-    (5, 1, False): (95.39, 0.09),
-    (5, 5, False): (98.90, 0.10),
-    (20, 1, False): (88.14, 0.15),
-    (20, 5, False): (96.65, 0.33),
-    (5, 1, True): (97.68, 0.04),
-    (5, 5, True): (99.48, 0.06),
-    (20, 1, True): (89.43, 0.14),
-    (20, 5, True): (97.12, 0.32),
+    ("omniglot", 5, 1, False): (95.39, 0.09),
+    ("omniglot", 5, 5, False): (98.90, 0.10),
+    ("omniglot", 20, 1, False): (88.14, 0.15),
+    ("omniglot", 20, 5, False): (96.65, 0.33),
+    ("omniglot", 5, 1, True): (97.68, 0.04),
+    ("omniglot", 5, 5, True): (99.48, 0.06),
+    ("omniglot", 20, 1, True): (89.43, 0.14),
+    ("omniglot", 20, 5, True): (97.12, 0.32),
+    ("miniimagenet", 5, 1, False): (47.07, 0.26),
+    ("miniimagenet", 5, 5, False): (62.74, 0.37),
+    ("miniimagenet", 5, 1, True): (49.97, 0.32),
+    ("miniimagenet", 5, 5, True): (65.99, 0.58),
+}
+DATASET_TEXT = {  # (name, split) for the card
+    "omniglot": ("Omniglot", "the Omniglot reference split"),
+    "miniimagenet": ("Mini-ImageNet", "Ravi & Larochelle's split"),
 }
 CELLS = [(1, False), (5, False), (1, True), (5, True)]
 
@@ -94,19 +109,46 @@ def copy_run(run: Path, target: Path) -> int:
     return found[-1]
 
 
+def cell_summary(trainer: Trainer, run: Path, shots: int, transductive: bool, tasks: int):
+    """A cell on `tasks` seeded test tasks, as `reptorch eval --checkpoint RUN --shots K
+    [--transductive] --eval-samples N` saves it in the run directory: reused from there when it
+    is this model's (same digest, tasks and settings), else evaluated there in stages (a stopped
+    export continues the cell) and saved."""
+    c = trainer.config
+    setting = None if shots == c.shots else (c.classes, shots)
+    path = eval_file(run, transductive, "test", setting)
+    request = {"shots": shots, "transductive": transductive, "progress": False}
+    expected = {"tasks": tasks, "seed": c.seed, "shots": shots, "transductive": transductive}
+    expected |= {"split": "test", "inner_steps": c.eval_iters, "eval_inner_state": "checkpoint"}
+    expected |= {"inner_batch": paper_eval_batch(c, c.classes, shots)}
+    expected["model"] = model_digest(trainer.learner.phi, trainer.learner.inner_state)
+    try:
+        saved = json.loads(path.read_text())
+        if all(saved.get(k) == v for k, v in expected.items()):
+            return saved
+    except (OSError, ValueError):
+        pass
+    resume = path.with_suffix(".progress.json")
+    summary = trainer.evaluate(num_tasks=tasks, resume_file=resume, **request)
+    atomic_write_json(path, summary)
+    resume.unlink(missing_ok=True)
+    return summary
+
+
 def evaluate_cells(
-    directory: Path, data_dir: str | None, tasks: int, check_tasks: int
+    directory: Path, run: Path, data_dir: str | None, tasks: int, check_tasks: int
 ) -> list[dict]:
-    """The four cells (1/5 shots x transductive or not) of the model in `directory`."""
+    """The four cells (1/5 shots x transductive or not) of the model in `directory`, copied
+    from `run`, whose directory keeps the cells' evaluations (`cell_summary`)."""
     trainer = load_trainer(directory, data_dir=data_dir)
     rows = []
     for shots, transductive in CELLS:
         row: dict[str, Any] = {"shots": shots, "transductive": transductive}
         common = {"shots": shots, "transductive": transductive, "progress": False}
         if tasks:
-            summary = trainer.evaluate(num_tasks=tasks, **common)
+            summary = cell_summary(trainer, run, shots, transductive, tasks)
             row.update(tasks=tasks, accuracy=summary["accuracy"], ci95=summary["ci95"])
-            row["seconds"] = summary["seconds"]
+            row.update(seconds=summary["seconds"], inner_batch=summary["inner_batch"])
         check = trainer.evaluate(num_tasks=check_tasks, keep_scores=True, **common)
         row["check"] = {
             "tasks": check_tasks,
@@ -122,8 +164,9 @@ def evaluate_cells(
 def card_markdown(card: dict[str, Any]) -> str:
     c = card["config"]
     ways = c["classes"]
+    dataset, split = DATASET_TEXT.get(c["dataset"], (c["dataset"], "its split"))
     lines = [
-        f"# {card['name']}: Reptile on Omniglot, {ways}-way",
+        f"# {card['name']}: Reptile on {dataset}, {ways}-way",
         "",
         f"Trained with `{card['command']}` at commit `{card['commit'][:12]}` for "
         f"{card['iterations']:,} of {c['meta_iters']:,} meta-iterations "
@@ -141,15 +184,16 @@ def card_markdown(card: dict[str, Any]) -> str:
         f"inner batch {c['inner_batch']}, {c['inner_iters']} inner Adam steps (beta1 = 0) at lr "
         f"{c['learning_rate']}, meta-batch {c['meta_batch']}, meta step {c['meta_step']} -> "
         f"{c['meta_step_final']}, loss reduction {c['loss_reduction']}, inner state "
-        f"{c['inner_state']}, {c['parallel']} semantics), Omniglot reference split (seed "
-        f"{c['seed']}). Evaluation: {c['eval_iters']} steps of batch {c['eval_batch']} from the "
-        "carried Adam state, test split, seeded tasks (seed 0), mean +- 1.96 sd / sqrt(n).",
+        f"{c['inner_state']}, {c['parallel']} semantics), {split} (seed {c['seed']}). "
+        f"Evaluation: {c['eval_iters']} steps of the paper's batch for the shots (the table) "
+        "from the carried Adam state, test split, seeded tasks (seed 0), mean +- 1.96 sd / "
+        "sqrt(n).",
         "",
-        "| shots | transductive | tasks | accuracy | paper (Reptile) |",
-        "|---|---|---|---|---|",
+        "| shots | transductive | batch | tasks | accuracy | paper (Reptile) |",
+        "|---|---|---|---|---|---|",
     ]
     for row in card["results"]:
-        paper = PAPER.get((ways, row["shots"], row["transductive"]))
+        paper = PAPER.get((c["dataset"], ways, row["shots"], row["transductive"]))
         paper_text = f"{paper[0]:.2f} +- {paper[1]:.2f}%" if paper else "-"
         if "accuracy" in row:
             ours = f"{100 * row['accuracy']:.2f} +- {100 * row['ci95']:.2f}%"
@@ -158,7 +202,8 @@ def card_markdown(card: dict[str, Any]) -> str:
             ours = f"{100 * row['check']['accuracy']:.2f}% (check tasks only)"
             count = f"{row['check']['tasks']:,}"
         mode = "yes" if row["transductive"] else "no"
-        lines.append(f"| {row['shots']} | {mode} | {count} | {ours} | {paper_text} |")
+        batch = row.get("inner_batch", c["eval_batch"])
+        lines.append(f"| {row['shots']} | {mode} | {batch} | {count} | {ours} | {paper_text} |")
     lines += [
         "",
         f"Reproduce: `reptorch eval --model {card['name']} --shots K [--transductive] "
@@ -188,7 +233,7 @@ def export(
             "config": config,
             "results": [],
         }
-        card["results"] = evaluate_cells(staging, data_dir, tasks, check_tasks)
+        card["results"] = evaluate_cells(staging, run, data_dir, tasks, check_tasks)
         atomic_write_json(staging / "card.json", card)
         (staging / "README.md").write_text(card_markdown(card))
         for file in staging.iterdir():

@@ -394,6 +394,7 @@ class Trainer:
         summary.update(
             dataset=c.dataset,
             iteration=self.learner.iteration,
+            model=model_digest(phi, state),  # sha256 of phi and the inner state evaluated
             eval_inner_state=inner_state,
             tasks_per_second=round(result.scores.numel() / max(result.seconds, 1e-9), 1),
         )

@@ -1,0 +1,52 @@
+"""`python -m reptorch.pretrained.export`: a run shipped as a package model with its card, the
+cells' evaluations kept in (and reused from) the run directory."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from reptorch.cli import main
+from reptorch.pretrained import export
+from reptorch.run.training import Trainer
+
+TINY = ["--classes", "3", "--shots", "1", "--train-shots", "3", "--inner-batch", "3"]
+TINY += ["--inner-iters", "2", "--meta-batch", "2", "--eval-iters", "3", "--device", "cpu"]
+
+
+@pytest.fixture()
+def run(tmp_path, shared_data):
+    directory = tmp_path / "run"
+    argv = ["train", *TINY, "--meta-iters", "2", "--eval-samples", "0", "--no-progress"]
+    assert main([*argv, "--data-dir", str(shared_data), "--checkpoint", str(directory)]) == 0
+    return directory
+
+
+def test_export_writes_the_card_and_reuses_the_runs_cells(run, tmp_path, monkeypatch):
+    monkeypatch.setattr(export, "MODELS_DIR", tmp_path / "models")
+    (tmp_path / "models").mkdir()
+    calls = []
+    evaluate = Trainer.evaluate
+
+    def counted(self, **kwargs):
+        calls.append(kwargs.get("num_tasks"))
+        return evaluate(self, **kwargs)
+
+    monkeypatch.setattr(Trainer, "evaluate", counted)
+    assert export.main([str(run), "--name", "tiny", "--tasks", "4", "--check-tasks", "2"]) == 0
+    assert sorted(calls) == [2] * 4 + [4] * 4  # four cells, four checks
+    card = json.loads((tmp_path / "models" / "tiny" / "card.json").read_text())
+    cells = {(r["shots"], r["transductive"]): r for r in card["results"]}
+    assert set(cells) == {(1, False), (5, False), (1, True), (5, True)}
+    assert all(r["tasks"] == 4 and len(r["check"]["task_scores"]) == 2 for r in cells.values())
+    saved = json.loads((run / "eval-transductive-test-3w5s.json").read_text())
+    assert saved["accuracy"] == cells[5, True]["accuracy"] and saved["tasks"] == 4
+    assert "Reptile on Omniglot, 3-way" in (tmp_path / "models" / "tiny" / "README.md").read_text()
+
+    calls.clear()
+    assert export.main([str(run), "--name", "tiny", "--tasks", "4", "--check-tasks", "2"]) == 0
+    assert calls == [2] * 4  # the cells came from the run directory
+    again = json.loads((tmp_path / "models" / "tiny" / "card.json").read_text())
+    assert again["results"] == card["results"]
+    assert not list(run.glob("*.progress.json"))
