@@ -25,7 +25,7 @@ from reptorch import tree
 from reptorch.config import INNER_STATES, PARALLEL
 from reptorch.errors import ConfigError
 from reptorch.functional import FunctionalModel, LossAndGrad
-from reptorch.inner_optim import InnerOptimizer, merge_task_states
+from reptorch.inner_optim import InnerOptimizer, merge_task_states, task_state
 from reptorch.tree import Params
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -149,6 +149,6 @@ class MetaAlgorithm:
         result = self.task_update(self.batched_loss_and_grad, tree.expand(phi, 1), one, state)
         return TaskUpdate(
             {k: v[0] for k, v in result.update.items()},
-            merge_task_states(result.state),  # drops the task dim of one task: exact
+            task_state(result.state),  # the one task's own state (its row)
             result.losses[0],
         )
