@@ -43,6 +43,7 @@ from reptorch.chain_threads import (
     torch_threads,
 )
 from reptorch.config import EVAL_INNER_STATES, TrainConfig
+from reptorch.data.tasks import EvalTasks
 from reptorch.distributed import LOCAL, Group, device_for
 from reptorch.errors import ConfigError, RunStopped
 from reptorch.evaluation import EvalResult, Evaluator, default_chunk, sample_tasks, task_chunks
@@ -180,9 +181,15 @@ class Trainer:
             phi, state = tree.clone(phi), clone_state(state)
 
         def score() -> Scores:
-            part = group.share(len(drawn))
-            mine = [self.evaluator.run_chunk(phi, state, *drawn[j])[1].double() for j in part]
-            rows = torch.cat(mine) if mine else torch.zeros(0, dtype=torch.float64)
+            # this process's tasks in one chunk: side by side, a task per worker, rather than
+            # one after the other with each task's images split (measured 1.43 s against 1.70
+            # s for Mini-ImageNet's pair on 2 cores; the same scores)
+            mine = [drawn[j] for j in group.share(len(drawn))]
+            rows = torch.zeros(0, dtype=torch.float64)
+            if mine:
+                tasks = EvalTasks(*(torch.cat(field) for field in zip(*(t for t, _ in mine))))
+                indices = torch.cat([i for _, i in mine])
+                rows = self.evaluator.run_chunk(phi, state, tasks, indices)[1].double()
             return group.gather_rows(rows, "the interval evaluation").tolist()
 
         return score
