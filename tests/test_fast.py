@@ -275,6 +275,8 @@ def test_plan_shares_by_images_only_when_it_pays():
     assert oracle.plan(1, 10, 2) == ("images", 2)  # one task: split its batch
     assert oracle.plan(5, 10, 16) == ("images", 10)  # more cores than tasks
     assert oracle.plan(5, 10, 1) == ("tasks", 5)
+    # PyTorch's convolutions (Mini-ImageNet): a task per item, the activations stay in cache
+    assert ConvNetOracle(spec_for(MiniImageNetNet(5))).plan(500, 5, 2) == ("tasks", 1)
 
 
 @pytest.fixture(params=["native", "python"])
