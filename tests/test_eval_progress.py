@@ -33,7 +33,7 @@ def _evaluate(run, **changes):
     return load_trainer(run).evaluate(**request)
 
 
-def test_a_stopped_evaluation_continues_with_the_same_results(run, tmp_path, monkeypatch):
+def test_a_stopped_evaluation_continues_with_the_same_results(run, tmp_path, monkeypatch, capsys):
     whole = _evaluate(run)["result"]
     resume = tmp_path / "eval.progress.json"
     chunks = []
@@ -55,6 +55,7 @@ def test_a_stopped_evaluation_continues_with_the_same_results(run, tmp_path, mon
     monkeypatch.setattr(Evaluator, "run_chunk", run_chunk)
 
     summary = _evaluate(run, resume_file=resume)
+    assert "6 of 10 tasks done" in capsys.readouterr().err
     staged = summary["result"]
     assert torch.equal(staged.scores, whole.scores)  # task for task, bit for bit
     assert torch.equal(staged.predictions, whole.predictions)
@@ -64,14 +65,15 @@ def test_a_stopped_evaluation_continues_with_the_same_results(run, tmp_path, mon
 
 
 def test_progress_for_another_evaluation_or_model_starts_afresh(tmp_path, capsys):
-    path = tmp_path / "p.json"
-    first = EvalProgress.open(path, {"seed": 0, "model": "a"})
+    path, key = tmp_path / "p.json", {"seed": 0, "model": "a", "tasks": 9}
+    first = EvalProgress.open(path, key)
     first.add(torch.tensor([1.0, 0.5], dtype=torch.float64), torch.tensor([[0, 1], [2, 2]]))
-    assert EvalProgress.open(path, {"seed": 0, "model": "a"}).done == 2
-    assert EvalProgress.open(path, {"seed": 0, "model": "b"}).done == 0
+    assert EvalProgress.open(path, key).done == 2
+    assert "continuing the evaluation saved in" in capsys.readouterr().err
+    assert EvalProgress.open(path, key | {"model": "b"}).done == 0
     assert "another evaluation or model" in capsys.readouterr().err
     path.write_text("{not json")
-    assert EvalProgress.open(path, {"seed": 0, "model": "a"}).done == 0
+    assert EvalProgress.open(path, key).done == 0
     assert "unreadable" in capsys.readouterr().err
 
 
