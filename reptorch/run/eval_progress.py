@@ -68,10 +68,9 @@ class EvalProgress:
                     progress.predictions = list(saved["predictions"])
                     progress.stages = list(saved["stages"])
                     progress.dtype = str(saved["dtype"])
-                    total = key["tasks"] if "tasks" in key else "?"
                     print(
                         f"continuing the evaluation saved in {progress.path}: "
-                        f"{progress.done:,} of {total:,} tasks done",
+                        f"{progress.done} of {key.get('tasks', '?')} tasks done",
                         file=sys.stderr,
                     )
                 else:
