@@ -16,6 +16,9 @@ state, weight_decay=...) -> AdaptResult | None` (`reptorch.fast.ConvNetOracle` d
 one worker per chunk of tasks for all k steps). `adapt` hands the whole loop to it when not
 `differentiable`, and falls back to the loop below when it returns None (an optimiser it does not
 know). It must give the same result as this loop with the same oracle (tests/test_fast.py).
+Likewise `oracle.chain(phi, xs, ys, optimizer, state, weight_decay=...)` may run the reference's
+whole sequential chain of T tasks (`MetaAlgorithm.oracle_chain`; `reptorch.fast.chain`), with the
+same numbers as the task-by-task path (tests/test_fast_chain.py).
 """
 
 from __future__ import annotations

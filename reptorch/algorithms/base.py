@@ -55,6 +55,9 @@ class MetaAlgorithm:
 
     name = "base"
     first_order = True  # task updates need no graph through the inner loop (MAML: False)
+    # a task's update is a function of its adapted weights alone (`weights_update`): then an
+    # oracle with its own chain loop (`oracle.chain`) may run the whole sequential chain
+    updates_from_weights = False
 
     def __init__(
         self,
@@ -111,10 +114,17 @@ class MetaAlgorithm:
             return self.side_by_side(phi, xs, ys, inner_state, tail)
         return self.sequential(phi, xs, ys, inner_state, tail)
 
+    def weights_update(self, weights: Params, phi: Params) -> Params:
+        """A task's update from its adapted weights W (where `updates_from_weights`)."""
+        raise NotImplementedError
+
     def sequential(
         self, phi: Params, xs: torch.Tensor, ys: torch.Tensor, inner_state: Any, tail: Batch | None
     ) -> MetaStep:
         """Task after task, each from the state the one before it left (the reference)."""
+        chained = self.oracle_chain(phi, xs, ys, inner_state, tail)
+        if chained is not None:
+            return chained
         updates, losses = [], []
         state = inner_state if self.carries else self.inner.init(phi)
         for i in range(xs.shape[0]):
@@ -127,6 +137,23 @@ class MetaAlgorithm:
             losses.append(result.losses)
         carried = state if self.carries else inner_state
         return MetaStep(tree.mean(updates), carried, torch.stack(losses))
+
+    def oracle_chain(
+        self, phi: Params, xs: torch.Tensor, ys: torch.Tensor, inner_state: Any, tail: Batch | None
+    ) -> MetaStep | None:
+        """`sequential` in the oracle's own chain loop (`oracle.chain`, e.g.
+        `reptorch.fast.chain`: the same numbers with fewer conversions per task), where there is
+        one and the update comes from the weights alone with the state carried; else None."""
+        chain = getattr(self.batched_loss_and_grad, "chain", None)
+        usable = self.updates_from_weights and self.first_order and self.carries
+        if chain is None or not usable or tail is not None:
+            return None
+        result = chain(phi, xs, ys, self.inner, inner_state, weight_decay=self.weight_decay)
+        if result is None:
+            return None
+        weights, state, losses = result
+        updates = [self.weights_update(w, phi) for w in weights]
+        return MetaStep(tree.mean(updates), state, losses)
 
     def side_by_side(
         self, phi: Params, xs: torch.Tensor, ys: torch.Tensor, inner_state: Any, tail: Batch | None

@@ -28,10 +28,15 @@ from reptorch.algorithms.base import MetaAlgorithm, TaskUpdate
 
 class Reptile(MetaAlgorithm):
     name = "reptile"
+    updates_from_weights = True
+
+    def weights_update(self, weights, phi):
+        """W - phi."""
+        return tree.sub(weights, phi)
 
     def task_update(self, loss_and_grad, phi, batches, state) -> TaskUpdate:
         """W - phi, with W = U^k(phi): k inner steps, one per mini-batch."""
         result = adapt(
             loss_and_grad, phi, batches, self.inner, state, weight_decay=self.weight_decay
         )
-        return TaskUpdate(tree.sub(result.params, phi), result.state, result.losses)
+        return TaskUpdate(self.weights_update(result.params, phi), result.state, result.losses)

@@ -62,3 +62,24 @@ class FlatLayout:
             if value.dim() > len(shape) and value.shape[0] > 1:
                 value = value[rows]
             views[name].copy_(value)
+
+
+def to_gemm(name: str, value: Tensor, batched: bool = False) -> Tensor:
+    """Conv weights (..., O, C, 3, 3) as contiguous (..., 3, 3, C, O): the kernel's GEMM layout.
+
+    A task dim that is an expanded view of one tensor (every task starting from phi) is cut to
+    size 1, so the transposing copy is done once, then broadcast by `FlatLayout.fill`.
+    """
+    if not name.endswith("conv.weight"):
+        return value
+    if batched and value.stride(0) == 0:
+        value = value[:1]
+    return value.permute(*range(value.dim() - 4), -2, -1, -3, -4).contiguous()
+
+
+def from_gemm_views(layout: FlatLayout, flat: Tensor) -> Params:
+    """The tree in `flat` in module shapes: conv weights are permuted views of GEMM layout."""
+    return {
+        k: v.permute(0, 4, 3, 1, 2) if k.endswith("conv.weight") else v
+        for k, v in layout.views(flat).items()
+    }

@@ -28,9 +28,10 @@ from torch import Tensor, nn
 
 from reptorch.adapt import AdaptResult
 from reptorch.fast import comm, convnet
+from reptorch.fast.chain import adapt_chain
 from reptorch.fast.convnet import ConvNetSpec, Params
 from reptorch.fast.cores import FREE_CORES
-from reptorch.fast.flat import FlatLayout
+from reptorch.fast.flat import FlatLayout, from_gemm_views, to_gemm
 from reptorch.inner_optim import SGD, Adam, AdamState, SGDState
 from reptorch.losses import LOSS_REDUCTIONS
 from reptorch.models import ConvBlock, FourBlockNet, MiniImageNetNet, OmniglotNet
@@ -249,6 +250,13 @@ class ConvNetOracle:
         # the kernels write a step's losses as a row; tasks are rows at every boundary
         return AdaptResult(new_params, new_state, losses.transpose(0, 1).contiguous())
 
+    def chain(self, phi: Params, xs: Tensor, ys: Tensor, optimizer: object, state: object, *,
+              weight_decay: float = 1.0):  # fmt: skip
+        """The exact chain of T tasks (xs (T, k, B, ...)), each from phi, the inner state
+        threaded through them, on flat buffers: ([W_i], last state, losses (T, k)) or None
+        (`reptorch.fast.chain`)."""
+        return adapt_chain(self, phi, xs, ys, optimizer, state, weight_decay)
+
     def _in_kernel_order(self, layout: FlatLayout, buffer: Tensor) -> list[Tensor]:
         """The per-parameter views of a flat buffer, in the kernel's parameter order."""
         views = layout.views(buffer)
@@ -329,27 +337,6 @@ class ConvNetOracle:
         if real or any(errors):
             raise (real or [e for e in errors if e is not None])[0]
         return torch.stack(losses).sum(0)
-
-
-def to_gemm(name: str, value: Tensor, batched: bool = False) -> Tensor:
-    """Conv weights (..., O, C, 3, 3) as contiguous (..., 3, 3, C, O): the kernel's GEMM layout.
-
-    A task dim that is an expanded view of one tensor (every task starting from phi) is cut to
-    size 1, so the transposing copy is done once, then broadcast by `FlatLayout.fill`.
-    """
-    if not name.endswith("conv.weight"):
-        return value
-    if batched and value.stride(0) == 0:
-        value = value[:1]
-    return value.permute(*range(value.dim() - 4), -2, -1, -3, -4).contiguous()
-
-
-def from_gemm_views(layout: FlatLayout, flat: Tensor) -> Params:
-    """The tree in `flat` in module shapes: conv weights are permuted views of GEMM layout."""
-    return {
-        k: v.permute(0, 4, 3, 1, 2) if k.endswith("conv.weight") else v
-        for k, v in layout.views(flat).items()
-    }
 
 
 def spec_for(module: nn.Module) -> ConvNetSpec | None:
