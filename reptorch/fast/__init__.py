@@ -1,7 +1,9 @@
 """Fast hand-written batched gradient oracles for the paper conv nets.
 
-kernel.py: the forward/backward/inner loop (TorchScript); convnet.py: its maths and dict interface;
-flat.py: flat parameter buffers; oracle.py: work sharing over threads; comm.py: thread meetings.
+kernel.py: the forward/backward (TorchScript), over primitives.py's layer ops; inner_loop.py: the
+k-step loop; convnet.py: the maths and dict interface; flat.py: flat parameter buffers;
+oracle.py: work sharing over threads; chain.py: the exact chain on flat buffers; cores.py: free
+cores; comm.py: thread meetings.
 
 `fast_loss_and_grad_for(module)` returns a drop-in replacement for the vmapped autograd oracle
 (`FunctionalModel.vmap_loss_and_grad()`) when `module` is an `OmniglotNet` or `MiniImageNetNet`,

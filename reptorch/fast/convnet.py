@@ -29,7 +29,8 @@ commute (ReLU is monotone), and after the ReLU the 'same' padding can be zeros. 
 the window's maximum when that maximum is positive (exact ties between positive values, a
 measure-zero event, would each get the gradient).
 
-The code is `reptorch.fast.kernel.ConvNetKernel`, a TorchScript module (one per thread, so the GIL
+The code is `reptorch.fast.kernel.ConvNetKernel` (with its inner loop in
+`reptorch.fast.inner_loop`), a TorchScript module (one per thread, so the GIL
 is released for a whole step); this module gives it a dict interface.
 """
 
@@ -43,7 +44,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from reptorch.fast.kernel import ConvNetKernel, NativeCommKernel
+from reptorch.fast.inner_loop import InnerLoopKernel, NativeCommKernel
 from reptorch.models import BN_EPS
 
 Params = dict[str, Tensor]
@@ -84,7 +85,7 @@ _LOCAL = threading.local()
 _SCRIPT_LOCK = threading.Lock()  # concurrent torch.jit.script calls of one class collide
 
 
-def _compile(module: ConvNetKernel) -> ConvNetKernel:
+def _compile(module: InnerLoopKernel) -> InnerLoopKernel:
     """TorchScript, unless REPTORCH_NO_JIT=1 or scripting fails (then eager: same numbers)."""
     if os.environ.get("REPTORCH_NO_JIT", "") not in ("", "0"):
         return module
@@ -97,7 +98,7 @@ def _compile(module: ConvNetKernel) -> ConvNetKernel:
         return module
 
 
-def kernel(spec: ConvNetSpec, native_comm: bool = False) -> ConvNetKernel:
+def kernel(spec: ConvNetSpec, native_comm: bool = False) -> InnerLoopKernel:
     """The calling thread's kernel for `spec` (scratch buffers are per thread); `native_comm`:
     its workers meet through the native ops (`reptorch.fast.comm.native()` must be True)."""
     kernels = getattr(_LOCAL, "kernels", None)
@@ -105,7 +106,7 @@ def kernel(spec: ConvNetSpec, native_comm: bool = False) -> ConvNetKernel:
         kernels = _LOCAL.kernels = {}
     key = (spec, native_comm)
     if key not in kernels:
-        cls = NativeCommKernel if native_comm else ConvNetKernel
+        cls = NativeCommKernel if native_comm else InnerLoopKernel
         kernels[key] = _compile(
             cls(spec.stride, spec.pool, spec.layers, spec.eps, spec.native_convolutions())
         )

@@ -1,4 +1,4 @@
-"""The paper conv nets' forward, backward and inner loop: a TorchScript module per worker thread.
+"""The paper conv nets' forward and backward (the inner loop: `inner_loop`), in TorchScript.
 
 The maths is the hand-written, autograd-free forward/backward described in `reptorch.fast.convnet`
 (im2col + batched GEMM over tasks, merged BatchNorm + ReLU, channels-last activations); the layer
@@ -19,12 +19,10 @@ Slices. A step's images may be cut into S fixed slices (the run's `chain_workers
 per-image op runs on one slice, and what sums over images (BatchNorm's batch sums, the weight
 gradients, the loss) is summed slice by slice in slice order. One call takes a list of slices:
 one worker per slice, meeting in `_allreduce` / `_barrier` (`comm >= 0`: the native ops of
-`reptorch.fast.comm` in `NativeCommKernel`, else Python calls, `torch.jit.ignore`), or one worker
-taking them all in turn (`comm < 0`). Both do the same float operations on the same shapes, so
-how many threads run the slices never changes a bit; only S does.
+`reptorch.fast.comm` in `inner_loop.NativeCommKernel`, else Python calls, `torch.jit.ignore`),
+or one worker taking them all in turn (`comm < 0`). Both do the same float operations on the
+same shapes, so how many threads run the slices never changes a bit; only S does.
 """
-
-import math
 
 import torch
 from torch import Tensor
@@ -320,110 +318,3 @@ class ConvNetKernel(KernelPrimitives):
                     dxp = self._col2im(dcols.view(cols.shape), hp, wp, _key("dxp" + str(i), s))
                     das[s] = dxp[:, top : top + h, left : left + w, :]
         return losses
-
-    def _update(
-        self,
-        flat: Tensor,
-        partials: list[Tensor],
-        total: Tensor,
-        exp_avg: Tensor,
-        exp_avg_sq: Tensor,
-        denom: Tensor,
-        hyper: list[float],
-        step: int,
-        lo: int,
-        hi: int,
-    ) -> None:
-        """Columns lo:hi of one inner step: the slices' partial gradients summed in slice order
-        into `total`, then the optimiser update of `flat` (Adam: the ops of
-        `inner_optim.Adam.step`, in the same order; else SGD)."""
-        p = flat[:, lo:hi]
-        g = total[:, lo:hi]
-        if len(partials) > 1:
-            torch.add(partials[0][:, lo:hi], partials[1][:, lo:hi], out=g)
-            for other in partials[2:]:
-                g.add_(other[:, lo:hi])
-        lr, beta1, beta2, eps = hyper[1], hyper[2], hyper[3], hyper[4]
-        if hyper[0] > 0.0:
-            step_size = lr / (1.0 - beta1**step)
-            bias_correction2_sqrt = math.sqrt(1.0 - beta2**step)
-            m = g
-            if beta1 != 0.0:  # with beta1 = 0, lerp(m, g, 1) is exactly g
-                m = exp_avg[:, lo:hi].lerp_(g, 1.0 - beta1)
-            v = exp_avg_sq[:, lo:hi]
-            v.mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
-            d = torch.sqrt(v, out=denom[:, lo:hi]).div_(bias_correction2_sqrt).add_(eps)
-            p.addcdiv_(m, d, value=-step_size)
-        else:
-            p.add_(g, alpha=-lr)
-
-    @torch.jit.export
-    def adapt(
-        self,
-        params: list[Tensor],
-        grads: list[list[Tensor]],
-        flat: Tensor,
-        partials: list[Tensor],
-        total: Tensor,
-        exp_avg: Tensor,
-        exp_avg_sq: Tensor,
-        denom: Tensor,
-        xs: list[list[Tensor]],
-        ys: list[list[Tensor]],
-        losses: list[Tensor],
-        hyper: list[float],
-        step0: int,
-        comm: int,
-        rank: int,
-        first: int,
-        batch: int,
-        columns: list[int],
-    ) -> None:
-        """k inner steps in place on flat (T, P) buffers, as `reptorch.adapt.adapt` would take them.
-
-        xs[j] / ys[j]: step j's slices that this call computes (all of them with `comm < 0`,
-        one per worker otherwise), the first being slice `first`; grads[s] / losses[s]: their
-        per-parameter gradient views (GEMM layout, of `partials[first + s]`) and (k, T) losses.
-        params: per-parameter views of `flat`. Each step: decay, loss and gradient, then
-        `_update` of this call's column shares, `columns` = [lo_0, hi_0, lo_1, hi_1, ...]: each
-        worker its own when workers split the images, one worker all of them in the same chunks
-        (so that every elementwise op sees the same extents). hyper = [adam (0/1), lr, beta1,
-        beta2, eps, weight_decay, loss divisor].
-        """
-        decay, divisor = hyper[5], hyper[6]
-        for j in range(len(xs)):
-            if decay != 1.0:
-                for q in range(0, len(columns), 2):
-                    flat[:, columns[q] : columns[q + 1]].mul_(decay)
-                if comm >= 0:
-                    self._barrier(comm)
-            step_losses = self.loss_and_grad(
-                params, xs[j], ys[j], grads, True, comm, rank, first, batch, divisor
-            )
-            for s in range(len(step_losses)):
-                losses[s][j].copy_(step_losses[s])
-            if comm >= 0:
-                self._barrier(comm)
-            for q in range(0, len(columns), 2):
-                self._update(
-                    flat, partials, total, exp_avg, exp_avg_sq, denom, hyper,
-                    step0 + j + 1, columns[q], columns[q + 1],
-                )  # fmt: skip
-            if comm >= 0:
-                self._barrier(comm)
-        if hyper[0] > 0.0 and hyper[2] == 0.0 and len(xs) > 0:
-            for q in range(0, len(columns), 2):  # the moment is the last gradient
-                lo, hi = columns[q], columns[q + 1]
-                exp_avg[:, lo:hi].copy_(total[:, lo:hi])
-
-
-class NativeCommKernel(ConvNetKernel):
-    """`ConvNetKernel` whose workers meet through the native ops (`reptorch.fast.comm`): no
-    call back into Python, so the scripted step never takes the GIL. Built only once
-    `comm.native()` has loaded the ops (scripting resolves them)."""
-
-    def _allreduce(self, comm: int, rank: int, value: Tensor) -> Tensor:
-        return torch.ops.reptorch_comm.allreduce(comm, rank, value)
-
-    def _barrier(self, comm: int) -> None:
-        torch.ops.reptorch_comm.barrier(comm)
