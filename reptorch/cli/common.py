@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from reptorch import distributed
 from reptorch.chain_threads import cpu_threads
-from reptorch.run.directory import eval_file
+from reptorch.run.directory import progress_file, run_eval_file
 from reptorch.run.io import atomic_write_json
 
 if TYPE_CHECKING:
@@ -75,14 +75,14 @@ def evaluate_and_report(
     c = trainer.config
     transductive = request.get("transductive")
     transductive = c.transductive if transductive is None else transductive
-    setting = (request.get("ways") or c.classes, request.get("shots") or c.shots)
+    ways, shots = request.get("ways") or c.classes, request.get("shots") or c.shots
     path = None
     if directory is not None:
-        other = None if setting == (c.classes, c.shots) else setting
-        path = eval_file(directory, transductive, request.get("split", "test"), other)
+        split = request.get("split", "test")
+        path = run_eval_file(directory, c, transductive, split, ways, shots)
     resume = None
     if path is not None and group.size == 1 and os.access(path.parent, os.W_OK):
-        resume = path.with_suffix(".progress.json")
+        resume = progress_file(path)
     summary = trainer.evaluate(resume_file=resume, **request)
     if group.is_main:
         report(summary, path, as_json)

@@ -50,10 +50,7 @@ def adapt_chain(
             m, v = xs.new_empty(1, layout.size), xs.new_empty(1, layout.size)
             layout.fill(m, {k: to_gemm(k, t) for k, t in state.exp_avg.items()})
             layout.fill(v, {k: to_gemm(k, t) for k, t in state.exp_avg_sq.items()})
-            hyper = [1.0, optimizer.lr, optimizer.beta1, optimizer.beta2, optimizer.eps]
-        else:
-            hyper = [0.0, optimizer.lr, 0.0, 0.0, 0.0]
-        hyper += [float(weight_decay), float(batch) if oracle.reduction == "mean" else 1.0]
+        hyper = oracle.hyper(optimizer, weight_decay, batch)
         losses = xs.new_empty(tasks, steps)
         mode, share = oracle.plan(1, batch, oracle._workers(xs))
         with oracle._busy:

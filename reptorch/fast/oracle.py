@@ -211,11 +211,7 @@ class ConvNetOracle:
             if is_adam:
                 moments = (state.exp_avg, state.exp_avg_sq)
                 sources += [{k: to_gemm(k, v) for k, v in tree.items()} for tree in moments]
-                hyper = [1.0, optimizer.lr, optimizer.beta1, optimizer.beta2, optimizer.eps]
-            else:
-                hyper = [0.0, optimizer.lr, 0.0, 0.0, 0.0]
-            hyper.append(float(weight_decay))
-            hyper.append(float(batch) if self.reduction == "mean" else 1.0)  # loss divisor
+            hyper = self.hyper(optimizer, weight_decay, batch)
             # params, exp_avg, exp_avg_sq; filled by the workers, each its own rows
             buffers = [x0.new_empty(tasks, layout.size) for _ in sources]
             flat, m, v = buffers if is_adam else (buffers[0], None, None)
@@ -249,6 +245,15 @@ class ConvNetOracle:
             new_state = SGDState(steps)
         # the kernels write a step's losses as a row; tasks are rows at every boundary
         return AdaptResult(new_params, new_state, losses.transpose(0, 1).contiguous())
+
+    def hyper(self, optimizer: Adam | SGD, weight_decay: float, batch: int) -> list[float]:
+        """The inner loop's settings as the kernel takes them (`InnerLoopKernel.adapt`): [adam
+        (0/1), lr, beta1, beta2, eps, weight_decay, loss divisor (the batch for the mean)]."""
+        if isinstance(optimizer, Adam):
+            hyper = [1.0, optimizer.lr, optimizer.beta1, optimizer.beta2, optimizer.eps]
+        else:
+            hyper = [0.0, optimizer.lr, 0.0, 0.0, 0.0]
+        return [*hyper, float(weight_decay), float(batch) if self.reduction == "mean" else 1.0]
 
     def chain(self, phi: Params, xs: Tensor, ys: Tensor, optimizer: object, state: object, *,
               weight_decay: float = 1.0):  # fmt: skip

@@ -33,7 +33,7 @@ import torch
 from reptorch.errors import CheckpointError, ReptorchError
 from reptorch.pretrained import MODELS_DIR
 from reptorch.run.checkpoint import list_checkpoints, paths
-from reptorch.run.directory import eval_file
+from reptorch.run.directory import progress_file, run_eval_file
 from reptorch.run.eval_progress import model_digest
 from reptorch.run.io import atomic_write_json
 from reptorch.run.metrics_log import read_metrics
@@ -115,8 +115,7 @@ def cell_summary(trainer: Trainer, run: Path, shots: int, transductive: bool, ta
     is this model's (same digest, tasks and settings), else evaluated there in stages (a stopped
     export continues the cell) and saved."""
     c = trainer.config
-    setting = None if shots == c.shots else (c.classes, shots)
-    path = eval_file(run, transductive, "test", setting)
+    path = run_eval_file(run, c, transductive, "test", c.classes, shots)
     request = {"shots": shots, "transductive": transductive, "progress": False}
     expected = {"tasks": tasks, "seed": c.seed, "shots": shots, "transductive": transductive}
     expected |= {"split": "test", "inner_steps": c.eval_iters, "eval_inner_state": "checkpoint"}
@@ -128,7 +127,7 @@ def cell_summary(trainer: Trainer, run: Path, shots: int, transductive: bool, ta
             return saved
     except (OSError, ValueError):
         pass
-    resume = path.with_suffix(".progress.json")
+    resume = progress_file(path)
     summary = trainer.evaluate(num_tasks=tasks, resume_file=resume, **request)
     atomic_write_json(path, summary)
     resume.unlink(missing_ok=True)

@@ -25,6 +25,20 @@ def eval_file(
     return Path(directory) / f"eval-{mode}-{split}{tail}.json"
 
 
+def run_eval_file(
+    directory: Path, config: TrainConfig, transductive: bool, split: str, ways: int, shots: int
+) -> Path:
+    """`eval_file` of a run for `ways`-way `shots`-shot tasks: the setting named only when it is
+    not the run's own."""
+    own = (ways, shots) == (config.classes, config.shots)
+    return eval_file(directory, transductive, split, None if own else (ways, shots))
+
+
+def progress_file(path: Path) -> Path:
+    """Where a staged evaluation saved in `path` keeps its tasks done (`run.eval_progress`)."""
+    return path.with_suffix(".progress.json")
+
+
 def prepare_directory(directory: Path, config: TrainConfig) -> None:
     """Creates the run directory or checks that it was made with the same settings."""
     directory.mkdir(parents=True, exist_ok=True)

@@ -70,10 +70,11 @@ def evaluate_run(
     )
     shape = (1,) if c.is_regression else source.dataset.image_shape
     part = group.share(num_tasks)
+    digest = model_digest(phi, state)  # sha256 of phi and the inner state evaluated
     staged = None
     if resume_file is not None and group.size == 1:
         key = {**request, "tasks": num_tasks, "seed": seed, **dataclasses.asdict(spec)}
-        key |= {"dataset": c.dataset, "model": model_digest(phi, state)}
+        key |= {"dataset": c.dataset, "model": digest}
         staged = EvalProgress.open(resume_file, key)
         part = range(staged.done, num_tasks)
     chunks = task_chunks(source, num_tasks, spec, seed, chunk or default_chunk(spec, shape), part)
@@ -102,7 +103,7 @@ def evaluate_run(
     summary.update(
         dataset=c.dataset,
         iteration=trainer.learner.iteration,
-        model=model_digest(phi, state),  # sha256 of phi and the inner state evaluated
+        model=digest,
         eval_inner_state=inner_state,
         tasks_per_second=round(result.scores.numel() / max(result.seconds, 1e-9), 1),
     )
