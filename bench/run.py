@@ -35,12 +35,14 @@ from reptorch import tree
 from reptorch.adapt import adapt
 from reptorch.algorithms.reptile import Reptile
 from reptorch.chain_threads import resolve_chain_workers
+from reptorch.fast import fused
 from reptorch.functional import FunctionalModel
 from reptorch.inner_optim import Adam
 from reptorch.losses import cross_entropy_sum
 from reptorch.meta import MetaLearner
 from reptorch.models import MiniImageNetNet, OmniglotNet
 from reptorch.outer import Interpolation
+from reptorch.run.setup import resolve_kernels
 
 
 @dataclass(frozen=True)
@@ -120,6 +122,7 @@ def reptorch_step(
     chain_workers: int = 0,
     threads: int = 1,
     slice_threads: int | None = None,
+    kernels: str = "",
 ) -> Callable[[int], None]:
     """The library's training step: `MetaLearner` + `Reptile` + inner `Adam`.
 
@@ -131,7 +134,8 @@ def reptorch_step(
     The exact step runs with `threads` intra-op threads, as `reptorch train` runs its chain
     (1; `--chain-threads N`: N). `slice_threads`: the threads running the step's image slices,
     whatever other processes hold (None: they follow the free cores, the default; the slice
-    count: one worker per slice always, the only way before 2026-12-06).
+    count: one worker per slice always, the only way before 2026-12-06). `kernels`: the pooled
+    blocks' passes ("": what `reptorch train` chooses; "aten" or "fused").
     """
     torch.manual_seed(0)
     net = s.network().to(device)
@@ -139,7 +143,9 @@ def reptorch_step(
     workers = None
     if mode == "exact":
         workers = resolve_chain_workers(chain_workers, net, True, images=s.inner_batch)
+    fused.select(resolve_kernels(kernels, net, str(device)))  # the oracle takes it from its spec
     oracle = model.batched_loss_and_grad(fast=mode != "vmap", workers=workers)
+    fused.select("aten")
     if slice_threads is not None:
         oracle.threads = lambda slices: slice_threads
     parallel = "loop" if mode == "exact" else "vmap"
@@ -287,6 +293,8 @@ def main(argv: list[str] | None = None) -> None:
             "merged": reptorch_step(s, device),
             "intra-op 2 threads": reptorch_step(s, device, "exact", 1, threads=2),
         }
+        if resolve_kernels("", s.network(), str(device)) == "fused":
+            runs["exact, aten"] = reptorch_step(s, device, "exact", kernels="aten")
         if resolve_chain_workers(0, s.network(), True, images=s.inner_batch) > 1:
             runs["exact, fixed"] = reptorch_step(s, device, "exact", slice_threads=2)
         if args.vmap:
@@ -368,7 +376,9 @@ def format_report(env, gemm, rows, busy_rows, busy, evals, command) -> str:
         "",
         "Median of the interleaved rounds. exact: the default `reptorch train` step, the"
         " reference's semantics (`parallel='loop'`: the tasks in sequence threading one inner"
-        " Adam state), its steps split over the workers `--chain-workers 0` chooses; baseline:"
+        " Adam state), its steps split over the workers `--chain-workers 0` chooses, the pooled"
+        " blocks on the passes `--kernels` picks by default (Mini-ImageNet: fused; 'exact, aten':"
+        " PyTorch's ops); baseline:"
         " a plain `nn.Module` + `torch.optim.Adam` loop on PyTorch's own convolutions, all"
         " threads (`bench/baseline.py`); merged: the tasks side by side from one merged inner"
         " state (`--parallel vmap`).",

@@ -30,12 +30,16 @@ PARALLEL = ("vmap", "loop")  # a meta-batch's tasks side by side, or in sequence
 OUTER = ("interpolate", "sgd", "adam")  # the reference interpolation, or a torch.optim optimiser
 EVAL_INNER_STATES = ("checkpoint", "zero")  # the inner state an evaluation task starts from
 DATASETS = ("omniglot", "miniimagenet", "sine", "folder:PATH")
+# The fast kernels' passes over pooled blocks: PyTorch's ops, or the fused native ones
+# (`reptorch.fast.fused`): the same maths, different float rounding.
+KERNELS = ("aten", "fused")
 
 # Fields that may differ when a run resumes: where things are and how often they are saved,
 # never what is trained.
-# `chain_workers` too: it changes only float rounding, and a resumed run may switch it (recorded).
+# `chain_workers` and `kernels` too: they change only float rounding, and a resumed run may
+# switch them (recorded).
 RUNTIME_FIELDS = frozenset(
-    {"data_dir", "device", "eval_samples", "checkpoint_every", "keep", "chain_workers"}
+    {"data_dir", "device", "eval_samples", "checkpoint_every", "keep", "chain_workers", "kernels"}
 )
 
 
@@ -81,6 +85,10 @@ class TrainConfig:
     # splitting its images (`reptorch.chain_threads`); 0: chosen for the network and the cores,
     # and recorded resolved in config.json. Runs saved before it existed ran with 1.
     chain_workers: int = 0
+    # The pooled blocks' passes (`KERNELS`); "": "fused" where the network has pooled blocks
+    # (Mini-ImageNet's) and the native ops build, else "aten"; recorded resolved. Runs saved
+    # before it existed ran on "aten".
+    kernels: str = ""
     checkpoint_every: int = 100
     keep: int = 3  # checkpoints kept on disk
 
@@ -114,8 +122,9 @@ class TrainConfig:
     def from_saved(cls, values: dict[str, Any]) -> TrainConfig:
         """`from_dict` for a run's saved config.json: runs saved before `loss_reduction`
         existed were trained with the mean, and are read so; before `parallel` existed, merged;
-        before `chain_workers` existed, with one worker."""
+        before `chain_workers` existed, with one worker; before `kernels`, on ATen's."""
         defaults = {"loss_reduction": "mean", "parallel": "vmap", "chain_workers": 1}
+        defaults["kernels"] = "aten"
         return cls.from_dict({**defaults, **values})
 
     def replace(self, **changes: Any) -> TrainConfig:
@@ -192,6 +201,8 @@ def _validate(c: TrainConfig) -> None:
     for name, allowed in choices.items():
         if getattr(c, name) not in allowed:
             _fail(name, getattr(c, name), f"choose one of {', '.join(allowed)}")
+    if c.kernels not in ("", *KERNELS):
+        _fail("kernels", c.kernels, f"choose one of {', '.join(KERNELS)} (or leave it unset)")
     if c.dataset not in DATASETS[:-1] and not (
         c.dataset.startswith("folder:") and len(c.dataset) > len("folder:")
     ):

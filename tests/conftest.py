@@ -96,3 +96,14 @@ def trained_demo_model():
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(message)
         pytest.skip(message)
+
+
+@pytest.fixture(autouse=True)
+def _aten_kernels_after_each_test():
+    """A `Trainer` selects its run's pooled-block passes for the process
+    (`reptorch.fast.fused.select`): put back the library default after every test, so no test
+    depends on which ran before it."""
+    yield
+    from reptorch.fast import fused
+
+    fused.select("aten")

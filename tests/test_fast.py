@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 
 import pytest
 import torch
@@ -140,9 +141,28 @@ def _small_miniimagenet() -> FourBlockNet:
 
 
 NETS = {  # the inner loop on each kernel: im2col (Omniglot), PyTorch's convolutions (Mini-ImageNet)
-    "omniglot": (lambda: OmniglotNet(5), (1, 28, 28)),
-    "miniimagenet": (lambda: _small_miniimagenet(), (3, 21, 21)),
+    # with the pooled blocks' passes on ATen's ops or fused (`reptorch.fast.fused`)
+    "omniglot": (lambda: OmniglotNet(5), (1, 28, 28), "aten"),
+    "miniimagenet": (lambda: _small_miniimagenet(), (3, 21, 21), "aten"),
+    "miniimagenet fused": (lambda: _small_miniimagenet(), (3, 21, 21), "fused"),
 }
+
+
+@contextmanager
+def kernels(name: str):
+    """The process's pooled-block passes are `name` inside (`reptorch.fast.fused.select`)."""
+    from reptorch.fast import fused
+
+    if name == "fused" and not fused.available():
+        if os.environ.get("CI") == "true":
+            pytest.fail("the fused native ops did not build")
+        pytest.skip("no compiler for the fused native ops")
+    before = fused.selected()
+    fused.select(name)
+    try:
+        yield
+    finally:
+        fused.select(before)
 
 
 @pytest.mark.parametrize("plan", PLANS)
@@ -161,7 +181,7 @@ def test_fast_inner_loop_matches_core_adapt(
     # float64: in float32 a ReLU input within rounding of 0 can flip between two summation
     # orders (seen on an Intel CPU: one channel of one task, 3e-4 after 4 SGD steps).
     torch.manual_seed(3)
-    make, shape = NETS[net]
+    make, shape, passes = NETS[net]
     model = FunctionalModel(make().double())
     phi = model.init_params()
     gen = torch.Generator().manual_seed(3)
@@ -180,7 +200,9 @@ def test_fast_inner_loop_matches_core_adapt(
     params = tree.add(tree.expand(phi, tasks), noise)
     ref = adapt(model.vmap_loss_and_grad(), params, batches, opt, state, weight_decay=0.999)
     workers, forced, threads = PLANS[plan]
-    oracle = fast_loss_and_grad_for(model.module, workers=workers)
+    with kernels(passes):
+        oracle = fast_loss_and_grad_for(model.module, workers=workers)
+    assert oracle.spec.fused == (passes == "fused")
     if forced is not None:  # whole tasks (one per work item) or every task's images split
         monkeypatch.setattr(oracle, "plan", lambda tasks, batch, workers: forced)
     if threads is not None:  # the slices on one worker each, or all on one
@@ -216,7 +238,7 @@ def test_the_threads_running_the_slices_never_change_a_bit(
     from reptorch.inner_optim import SGD, Adam
 
     torch.manual_seed(5)
-    make, shape = NETS[net]
+    make, shape, passes = NETS[net]
     model = FunctionalModel(make().to(dtype))
     phi = model.init_params()
     gen = torch.Generator().manual_seed(5)
@@ -224,7 +246,8 @@ def test_the_threads_running_the_slices_never_change_a_bit(
     opt = Adam(1e-3) if optimizer == "adam" else SGD(0.05)
     runs = {}
     for workers, threads in ((1, 1), (slices, slices), (slices, 1)):
-        oracle = fast_loss_and_grad_for(model.module, workers=workers, reduction="sum")
+        with kernels(passes):
+            oracle = fast_loss_and_grad_for(model.module, workers=workers, reduction="sum")
         oracle.threads = lambda s, threads=threads: threads
         runs[workers, threads] = oracle.adapt(
             tree.expand(phi, 1), batches, opt, opt.init(phi), weight_decay=0.99
@@ -257,8 +280,9 @@ def test_native_convolutions_match_im2col_and_autograd(dtype: torch.dtype, tasks
     ref_logits = vmap(lambda p, xx: functional_call(net, p, (xx,)))(params, x)
     assert spec_for(net).native_convolutions()
     tol = dict(rtol=1e-4, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-12)
-    for native in (True, False):
-        spec = ConvNetSpec(stride=1, pool=True, native=native)
+    for native, passes in ((True, "aten"), (False, "aten"), (True, "fused"), (False, "fused")):
+        with kernels(passes):
+            spec = ConvNetSpec(stride=1, pool=True, native=native, fused=passes == "fused")
         loss, grads = convnet_loss_and_grad(params, x, y, spec)
         torch.testing.assert_close(loss, ref_loss, **tol)
         for name in params:
@@ -291,7 +315,7 @@ def meetings(request, monkeypatch) -> str:
                 pytest.fail("the native meeting ops did not build")
             pytest.skip("no compiler for the native meeting ops")
     else:
-        monkeypatch.setattr(comm, "_NATIVE", False)
+        monkeypatch.setattr(comm, "native", lambda: False)
     return request.param
 
 

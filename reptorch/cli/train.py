@@ -25,6 +25,7 @@ from reptorch.config import (
     DATASETS,
     EVAL_INNER_STATES,
     INNER_STATES,
+    KERNELS,
     OUTER,
     PARALLEL,
     PRESETS,
@@ -81,6 +82,13 @@ _CHOICES: dict[str, tuple[str, tuple[str, ...], str]] = {
         "loss_reduction",
         LOSS_REDUCTIONS,
         "inner loss over a mini-batch: sum (the reference's) or mean (sine: mean)",
+    ),
+    "--kernels": (
+        "kernels",
+        KERNELS,
+        "passes over the pooled blocks (Mini-ImageNet's network): PyTorch's ops, or fused "
+        "native ones (one pass each, built on first use; float rounding differs); default: "
+        "fused where they build; a resumed run keeps its recorded choice unless given",
     ),
 }
 

@@ -18,61 +18,21 @@ Two implementations with one contract:
 from __future__ import annotations
 
 import itertools
-import os
 import threading
-import warnings
-from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from reptorch.fast.native import load
+
 _GROUPS: dict[int, Group] = {}
 _IDS = itertools.count()
-_NATIVE: bool | None = None
-_NATIVE_LOCK = threading.Lock()
-SOURCE = Path(__file__).with_name("csrc") / "comm.cpp"
 
 
 def native() -> bool:
     """Whether the native meeting ops are loaded (compiled on the first call; False, said once,
     where they cannot be built)."""
-    global _NATIVE
-    with _NATIVE_LOCK:
-        if _NATIVE is None:
-            _NATIVE = _load_native()
-        return _NATIVE
-
-
-def _load_native() -> bool:
-    if os.environ.get("REPTORCH_NO_NATIVE_COMM", "") not in ("", "0"):
-        return False
-    if hasattr(torch.ops.reptorch_comm, "allreduce"):  # loaded by another copy of this module
-        return True
-    try:
-        from torch.utils.cpp_extension import load
-
-        _put_ninja_on_path()
-        load(name="reptorch_comm", sources=[str(SOURCE)], is_python_module=False, verbose=False)
-        return True
-    except Exception as error:  # no compiler, no ninja, no headers: the Python meetings
-        warnings.warn(
-            f"reptorch.fast: native worker meetings unavailable ({type(error).__name__}: "
-            f"{str(error).splitlines()[0] if str(error) else ''}); using Python's",
-            stacklevel=3,
-        )
-        return False
-
-
-def _put_ninja_on_path() -> None:
-    """`cpp_extension` runs `ninja` from PATH: add the one the `ninja` package installed (in a
-    virtual environment that is not activated, its bin folder is not on PATH)."""
-    try:
-        import ninja
-    except ImportError:
-        return
-    folder = getattr(ninja, "BIN_DIR", None)
-    if folder and folder not in os.environ.get("PATH", "").split(os.pathsep):
-        os.environ["PATH"] = os.pathsep.join([folder, os.environ.get("PATH", "")])
+    return load("reptorch_comm", "allreduce", "REPTORCH_NO_NATIVE_COMM")
 
 
 class Group:

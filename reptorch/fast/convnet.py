@@ -44,6 +44,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from reptorch.fast.fused import FusedKernel, FusedNativeCommKernel
 from reptorch.fast.inner_loop import InnerLoopKernel, NativeCommKernel
 from reptorch.models import BN_EPS
 
@@ -59,6 +60,7 @@ class ConvNetSpec:
     layers: int = 4
     eps: float = BN_EPS
     native: bool | None = None  # PyTorch's own convolutions; None: where they measure faster
+    fused: bool = False  # the pooled blocks' passes on the native ops (`reptorch.fast.fused`)
 
     def native_convolutions(self) -> bool:
         """Whether the convs run on PyTorch's kernels (oneDNN) rather than im2col + GEMM.
@@ -106,7 +108,10 @@ def kernel(spec: ConvNetSpec, native_comm: bool = False) -> InnerLoopKernel:
         kernels = _LOCAL.kernels = {}
     key = (spec, native_comm)
     if key not in kernels:
-        cls = NativeCommKernel if native_comm else InnerLoopKernel
+        if spec.fused:
+            cls = FusedNativeCommKernel if native_comm else FusedKernel
+        else:
+            cls = NativeCommKernel if native_comm else InnerLoopKernel
         kernels[key] = _compile(
             cls(spec.stride, spec.pool, spec.layers, spec.eps, spec.native_convolutions())
         )

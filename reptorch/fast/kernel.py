@@ -143,15 +143,12 @@ class ConvNetKernel(KernelPrimitives):
                     )
                 zs.append(z)
                 inputs.append(cols)
-                totals.append(z.sum(1, keepdim=True))
+                totals.append(self._channel_sums(z))
             # Two-pass moments; z is centred in place and kept for the backward.
             mean = self._reduce(comm, rank, totals) / m_all
             squares: list[Tensor] = []
             for s in range(slices):
-                z = zs[s]
-                z.sub_(mean)
-                sq = self._buf(_key("sq" + str(i), s), [t, z.size(1), o], z)
-                squares.append(torch.mul(z, z, out=sq).sum(1, keepdim=True))
+                squares.append(self._centre_squares(zs[s], mean, _key("sq" + str(i), s)))
             r = self._reduce(comm, rank, squares).div_(m_all).add_(self.eps).rsqrt_()
             gamma = params[4 * i + 2].unsqueeze(1)
             beta = params[4 * i + 3].unsqueeze(1)
@@ -162,11 +159,14 @@ class ConvNetKernel(KernelPrimitives):
                 m = z.size(1)
                 ap_next, top_next, left_next = pads[s], top, left
                 if self.pool or last or self.native:
-                    y = self._buf(_key("y" + str(i), s), [n, ho, wo, o], z)
-                    torch.addcmul(beta, z, scale, out=y.view(t, m, o)).relu_()
-                    pooled, where = y, y
                     if self.pool:
-                        pooled, where = self._maxpool(y)
+                        y, pooled, where = self._relu_pool(
+                            z, scale, beta, n, ho, wo, _key("y" + str(i), s)
+                        )
+                    else:
+                        y = self._buf(_key("y" + str(i), s), [n, ho, wo, o], z)
+                        torch.addcmul(beta, z, scale, out=y.view(t, m, o)).relu_()
+                        pooled, where = y, y
                     if not last and not self.native:
                         ap_next, inner, top_next, left_next = self._padded(
                             n, pooled.size(1), pooled.size(2), o, _key("pad" + str(i + 1), s), z
@@ -185,7 +185,7 @@ class ConvNetKernel(KernelPrimitives):
                     pooled, where = y, y
                 if keep:
                     saved[s].extend([inputs[s], wm, z, r, gamma, y, pooled, where])
-                    dims[s].append([hp, wp, top, left, n, h, w, c, m_all])
+                    dims[s].append([hp, wp, top, left, n, h, w, c, m_all, ho, wo])
                 acts[s] = pooled
                 pads[s] = ap_next
                 if s + 1 == slices:
@@ -266,11 +266,15 @@ class ConvNetKernel(KernelPrimitives):
                 # after a pool it is applied to the 4x smaller pooled gradient, whose window
                 # maxima alone receive anything (a maximum is > 0 exactly where its ReLU passes)
                 if self.pool:
-                    gy = self._maxpool_backward(das[s], a, pooled, where).reshape(t, m, o)
+                    ho, wo = dims[s][i][9], dims[s][i][10]
+                    total, gy = self._pool_bn_sums(
+                        das[s], a, pooled, where, z, ho, wo, _key("sq" + str(i), s)
+                    )
+                    sums.append(total)
                 else:
                     gy = torch.ops.aten.threshold_backward(das[s], a, 0.0).view(t, m, o)
-                gz = torch.mul(gy, z, out=self._buf(_key("sq" + str(i), s), [t, m, o], z))
-                sums.append(torch.cat([gy.sum(1, keepdim=True), gz.sum(1, keepdim=True)], 1))
+                    gz = torch.mul(gy, z, out=self._buf(_key("sq" + str(i), s), [t, m, o], z))
+                    sums.append(torch.cat([gy.sum(1, keepdim=True), gz.sum(1, keepdim=True)], 1))
                 gys.append(gy)
             total = self._reduce(comm, rank, sums)
             dbeta, sgz = total[:, 0:1], total[:, 1:2]
@@ -283,11 +287,16 @@ class ConvNetKernel(KernelPrimitives):
             cc = ca * dbeta * (-1.0 / m_all)
             for s in range(slices):
                 cols, wm, z = saved[s][8 * i], saved[s][8 * i + 1], saved[s][8 * i + 2]
-                hp, wp, top, left, n, h, w, c, _ = dims[s][i]
+                hp, wp, top, left, n, h, w, c = dims[s][i][:8]
                 m, o = z.size(1), z.size(2)
                 out = grads[s]
-                dz = torch.addcmul(cc, z, cb, out=self._buf(_key("dz" + str(i), s), [t, m, o], z))
-                dz.addcmul_(gys[s], ca)
+                dz = self._buf(_key("dz" + str(i), s), [t, m, o], z)
+                if self.pool:
+                    pooled, where = saved[s][8 * i + 6], saved[s][8 * i + 7]
+                    ho, wo = dims[s][i][9], dims[s][i][10]
+                    self._pool_bn_dz(gys[s], pooled, where, z, ca, cb, cc, ho, wo, dz)
+                else:
+                    torch.addcmul(cc, z, cb, out=dz).addcmul_(gys[s], ca)
                 if first + s == 0:
                     out[4 * i + 2].copy_(dgamma.squeeze(1))
                     out[4 * i + 3].copy_(dbeta.squeeze(1))

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from reptorch.adapt import AdaptResult
-from reptorch.fast import comm, convnet
+from reptorch.fast import comm, convnet, fused
 from reptorch.fast.chain import adapt_chain
 from reptorch.fast.convnet import ConvNetSpec, Params
 from reptorch.fast.cores import FREE_CORES
@@ -369,7 +369,10 @@ def spec_for(module: nn.Module) -> ConvNetSpec | None:
             or b.norm.track_running_stats
         ):
             return None
-    return ConvNetSpec(stride=stride, pool=pool, layers=len(blocks), eps=first.norm.eps)
+    on_fused = pool and fused.selected() == "fused"  # the process's (`reptorch.fast.fused`)
+    return ConvNetSpec(
+        stride=stride, pool=pool, layers=len(blocks), eps=first.norm.eps, fused=on_fused
+    )
 
 
 def fast_loss_and_grad_for(

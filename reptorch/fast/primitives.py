@@ -183,6 +183,60 @@ class KernelPrimitives(nn.Module):
                     da[j * b : (j + 1) * b].copy_(dx)
         return da
 
+    def _channel_sums(self, z: Tensor) -> Tensor:
+        """(T, 1, C): sum over M of z (T, M, C), BatchNorm's first moment."""
+        return z.sum(1, keepdim=True)
+
+    def _centre_squares(self, z: Tensor, mean: Tensor, key: str) -> Tensor:
+        """z -= mean in place; (T, 1, C): the sum over M of the centred z squared."""
+        z.sub_(mean)
+        sq = self._buf(key, [z.size(0), z.size(1), z.size(2)], z)
+        return torch.mul(z, z, out=sq).sum(1, keepdim=True)
+
+    def _relu_pool(
+        self, z: Tensor, scale: Tensor, beta: Tensor, n: int, h: int, w: int, key: str
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """y = relu(beta + z scale) as (N, H, W, C), its 2x2 max pool (N, Ho, Wo, C) and the
+        argmax of each window (what `_pool_bn_sums` and `_pool_bn_dz` take): (y, pooled, where)."""
+        y = self._buf(key, [n, h, w, z.size(2)], z)
+        torch.addcmul(beta, z, scale, out=y.view(z.size())).relu_()
+        pooled, where = self._maxpool(y)
+        return y, pooled, where
+
+    def _pool_bn_sums(
+        self,
+        g: Tensor,
+        y: Tensor,
+        pooled: Tensor,
+        where: Tensor,
+        z: Tensor,
+        h: int,
+        w: int,
+        key: str,
+    ) -> tuple[Tensor, Tensor]:
+        """The pool + ReLU backward of dL/dpooled `g`, gy = dL/d(BN output) (T, M, C), and
+        BatchNorm's backward sums (T, 2, C) = [sum_m gy, sum_m gy z]: (sums, gy). h, w: y's
+        side (before the pool)."""
+        gy = self._maxpool_backward(g, y, pooled, where).reshape(z.size())
+        gz = torch.mul(gy, z, out=self._buf(key, [z.size(0), z.size(1), z.size(2)], z))
+        return torch.cat([gy.sum(1, keepdim=True), gz.sum(1, keepdim=True)], 1), gy
+
+    def _pool_bn_dz(
+        self,
+        gy: Tensor,
+        pooled: Tensor,
+        where: Tensor,
+        z: Tensor,
+        ca: Tensor,
+        cb: Tensor,
+        cc: Tensor,
+        h: int,
+        w: int,
+        dz: Tensor,
+    ) -> None:
+        """dz = cc + z cb + gy ca, BatchNorm's backward (gy from `_pool_bn_sums`)."""
+        torch.addcmul(cc, z, cb, out=dz).addcmul_(gy, ca)
+
     def _maxpool(self, a: Tensor) -> tuple[Tensor, Tensor]:
         """2x2 stride-2 max pool of a non-negative (N, H, W, C) with TF 'same' padding (= ceil
         mode: an odd side's last window is cut), and the argmax of each window.

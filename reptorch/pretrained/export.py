@@ -121,6 +121,7 @@ def cell_summary(trainer: Trainer, run: Path, shots: int, transductive: bool, ta
     expected |= {"split": "test", "inner_steps": c.eval_iters, "eval_inner_state": "checkpoint"}
     expected |= {"inner_batch": paper_eval_batch(c, c.classes, shots)}
     expected["model"] = model_digest(trainer.learner.phi, trainer.learner.inner_state)
+    expected["kernels"] = c.kernels  # a cell is reproduced on the kernels that measured it
     try:
         saved = json.loads(path.read_text())
         if all(saved.get(k) == v for k, v in expected.items()):

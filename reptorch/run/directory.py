@@ -80,12 +80,12 @@ def read_run_config(directory: Path) -> TrainConfig:
         raise CheckpointError(f"unreadable {path}: {error}") from None
 
 
-def recorded_chain_workers(directory: Path | None) -> int | None:
-    """The chain workers a run directory's config.json records (1 for runs saved before the
-    field existed), or None where there is no run yet."""
+def recorded_config(directory: Path | None) -> TrainConfig | None:
+    """The settings a run directory's config.json records (the float-rounding ones a resumed
+    run keeps unless told: chain workers, kernels), or None where there is no run yet."""
     if directory is None or not (Path(directory) / "config.json").is_file():
         return None
-    return read_run_config(directory).chain_workers
+    return read_run_config(directory)
 
 
 def read_run(directory: Path) -> tuple[TrainConfig, Checkpoint]:

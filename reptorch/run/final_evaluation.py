@@ -74,7 +74,7 @@ def evaluate_run(
     staged = None
     if resume_file is not None and group.size == 1:
         key = {**request, "tasks": num_tasks, "seed": seed, **dataclasses.asdict(spec)}
-        key |= {"dataset": c.dataset, "model": digest}
+        key |= {"dataset": c.dataset, "model": digest, "kernels": c.kernels}
         staged = EvalProgress.open(resume_file, key)
         part = range(staged.done, num_tasks)
     chunks = task_chunks(source, num_tasks, spec, seed, chunk or default_chunk(spec, shape), part)
@@ -104,6 +104,7 @@ def evaluate_run(
         dataset=c.dataset,
         iteration=trainer.learner.iteration,
         model=digest,
+        kernels=c.kernels,  # the pooled blocks' passes (float rounding; `TrainConfig.kernels`)
         eval_inner_state=inner_state,
         tasks_per_second=round(result.scores.numel() / max(result.seconds, 1e-9), 1),
     )

@@ -18,6 +18,8 @@ from reptorch.config import PRESETS, TrainConfig
 from reptorch.distributed import Group, shared
 from reptorch.errors import ConfigError
 from reptorch.evaluation import EvalSpec
+from reptorch.fast import fused
+from reptorch.fast.oracle import spec_for
 from reptorch.functional import FunctionalModel
 from reptorch.inner_optim import InnerOptimizer
 from reptorch.losses import LossAndGrad, loss_for
@@ -57,6 +59,27 @@ def build_module(config: TrainConfig, sources: dict[str, Any]) -> tuple[nn.Modul
             f"(Omniglot 28x28, Mini-ImageNet 84x84); resize the images"
         )
     return module, loss_fn
+
+
+def resolve_kernels(requested: str, module: nn.Module, device: str) -> str:
+    """The pooled blocks' passes a run uses (`TrainConfig.kernels`): `requested`, or for ""
+    "fused" where the network has pooled blocks (Mini-ImageNet's), runs on the CPU and the
+    native ops build (`reptorch.fast.fused`), else "aten"."""
+    spec = spec_for(module)
+    pooled = spec is not None and spec.pool and torch.device(device).type == "cpu"
+    if requested == "":
+        return "fused" if pooled and fused.available() else "aten"
+    if requested == "fused" and not pooled:
+        raise ConfigError(
+            "kernels=fused: only the pooled blocks of Mini-ImageNet's network on the CPU have "
+            "fused passes; this run has none: drop --kernels"
+        )
+    if requested == "fused" and not fused.available():
+        raise ConfigError(
+            "kernels=fused: the native ops could not be built here (g++ and ninja are needed; "
+            "see the warning above): train with --kernels aten"
+        )
+    return requested
 
 
 def build_learner(

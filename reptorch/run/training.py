@@ -46,13 +46,21 @@ from reptorch.data.tasks import EvalTasks
 from reptorch.distributed import LOCAL, Group, device_for
 from reptorch.errors import RunStopped
 from reptorch.evaluation import Evaluator, sample_tasks
+from reptorch.fast import fused
 from reptorch.functional import FunctionalModel
 from reptorch.inner_optim import AdamState, clone_state, make_inner_optimizer
 from reptorch.run.checkpoint import Checkpoint, save_checkpoint
-from reptorch.run.directory import open_run, read_run, recorded_chain_workers
+from reptorch.run.directory import open_run, read_run, recorded_config
 from reptorch.run.final_evaluation import evaluate_run
 from reptorch.run.metrics_log import MetricsLog
-from reptorch.run.setup import build_learner, build_module, build_sources, check_group, eval_spec
+from reptorch.run.setup import (
+    build_learner,
+    build_module,
+    build_sources,
+    check_group,
+    eval_spec,
+    resolve_kernels,
+)
 from reptorch.run.stop_signals import StopSignals
 
 EVAL_SEED_OFFSET = 2**33  # the interval-evaluation generator: seed + 2^33
@@ -112,18 +120,28 @@ class Trainer:
         self.sources = build_sources(config)
         self.monitor = "val" if "val" in self.sources else "test"
         module, self.loss_fn = build_module(config, self.sources)
-        recorded = recorded_chain_workers(directory) if group.is_main else None
-        requested = config.chain_workers or recorded or 0
+        recorded = recorded_config(directory) if group.is_main else None
+        requested = config.chain_workers or (recorded.chain_workers if recorded else 0)
         self.chain_workers = resolve_chain_workers(
             requested, module, sequential, chain_threads, images=config.inner_batch
         )
-        if recorded is not None and recorded != self.chain_workers:
+        if recorded is not None and recorded.chain_workers != self.chain_workers:
             print(
-                f"{directory}: the exact chain switches from {recorded} to {self.chain_workers} "
-                f"worker(s) (float rounding changes; recorded in config.json)",
+                f"{directory}: the exact chain switches from {recorded.chain_workers} to "
+                f"{self.chain_workers} worker(s) (float rounding changes; recorded in "
+                f"config.json)",
                 file=sys.stderr,
             )
-        self.config = config = config.replace(chain_workers=self.chain_workers)
+        kernels = config.kernels or (recorded.kernels if recorded else "")
+        kernels = resolve_kernels(kernels, module, config.device)
+        if recorded is not None and recorded.kernels != kernels:
+            print(
+                f"{directory}: the pooled blocks switch from the {recorded.kernels} to the "
+                f"{kernels} kernels (float rounding changes; recorded in config.json)",
+                file=sys.stderr,
+            )
+        fused.select(kernels)  # before the oracles are made: they take it from the spec
+        self.config = config = config.replace(chain_workers=self.chain_workers, kernels=kernels)
         self.module = module.to(self.device)
         self.inner = make_inner_optimizer(config.inner_optimizer, config.learning_rate)
         model = FunctionalModel(self.module, self.loss_fn)

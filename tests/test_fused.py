@@ -1,0 +1,116 @@
+"""The fused pooled-block ops (`reptorch/fast/csrc/fused.cpp`) against the ATen ops they replace.
+
+Where the op does the same float operations in the same order the check is bitwise; the sums,
+which accumulate in double, are checked against float64 sums of the same values.
+"""
+
+import pytest
+import torch
+
+from reptorch.fast import fused
+
+pytestmark = pytest.mark.skipif(not fused.available(), reason="no C++ compiler: no fused ops")
+
+ops = torch.ops.reptorch_fused
+
+
+def block(t: int, b: int, h: int, w: int, c: int, dtype: torch.dtype, seed: int = 0):
+    """A centred pre-BatchNorm z (T, B*H*W, C), per-task scale / shift, dL/dpooled."""
+    gen = torch.Generator().manual_seed(seed)
+    z = torch.randn(t, b * h * w, c, generator=gen, dtype=dtype)
+    z -= z.mean(1, keepdim=True)
+    scale = torch.rand(t, 1, c, generator=gen, dtype=dtype) + 0.5
+    beta = torch.randn(t, 1, c, generator=gen, dtype=dtype) * 0.5
+    g = torch.randn(t * b, (h + 1) // 2, (w + 1) // 2, c, generator=gen, dtype=dtype)
+    return z, scale, beta, g
+
+
+def aten_forward(z, scale, beta, t, b, h, w, c):
+    y = torch.addcmul(beta, z, scale).relu_().view(t * b, h, w, c)
+    pooled, where = torch.ops.aten.max_pool2d_with_indices(
+        y.permute(0, 3, 1, 2), [2, 2], [2, 2], [0, 0], [1, 1], True
+    )
+    return y, pooled.permute(0, 2, 3, 1), where
+
+
+def fused_forward(z, scale, beta, t, b, h, w, c):
+    pooled = z.new_empty(t * b, (h + 1) // 2, (w + 1) // 2, c)
+    where = torch.empty(pooled.shape, dtype=torch.int32)
+    ops.relu_pool(z, scale, beta, h, w, pooled, where)
+    return pooled, where
+
+
+SHAPES = [(2, 3, 84, 84, 32), (1, 5, 21, 21, 8), (3, 2, 11, 7, 5), (1, 1, 1, 1, 3)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_relu_pool_is_bitwise_atens_relu_and_pool(shape, dtype):
+    t, b, h, w, c = shape
+    z, scale, beta, _ = block(t, b, h, w, c, dtype)
+    y, pooled, where = aten_forward(z, scale, beta, t, b, h, w, c)
+    ours, cell = fused_forward(z, scale, beta, t, b, h, w, c)
+    assert torch.equal(ours, pooled)
+    # `where` names the window's cell that PyTorch's argmax index names (first maximum)
+    row, col = where.permute(0, 2, 3, 1) // w, where.permute(0, 2, 3, 1) % w
+    oh = torch.arange(pooled.size(1)).view(1, -1, 1, 1)
+    ow = torch.arange(pooled.size(2)).view(1, 1, -1, 1)
+    assert torch.equal(cell.long(), 2 * (row - 2 * oh) + (col - 2 * ow))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_pool_backward_sums_and_dz_match_aten(shape, dtype):
+    t, b, h, w, c = shape
+    z, scale, beta, g = block(t, b, h, w, c, dtype, seed=1)
+    y, pooled, where = aten_forward(z, scale, beta, t, b, h, w, c)
+    # the ATen backward of the kernel: ReLU (on pooled), pool, then BatchNorm's sums and dz
+    gp = torch.ops.aten.threshold_backward(g, pooled, 0.0)
+    gy = (
+        torch.ops.aten.max_pool2d_with_indices_backward(
+            gp.permute(0, 3, 1, 2),
+            y.permute(0, 3, 1, 2),
+            [2, 2],
+            [2, 2],
+            [0, 0],
+            [1, 1],
+            True,
+            where,
+        )
+        .permute(0, 2, 3, 1)
+        .reshape(t, -1, c)
+    )
+    ours_pooled, cell = fused_forward(z, scale, beta, t, b, h, w, c)
+    sums = ops.pool_bn_sums(g, ours_pooled, cell, z, h, w)
+    gd = gy.double()
+    exact = torch.cat([gd.sum(1, keepdim=True), (gd * z.double()).sum(1, keepdim=True)], 1)
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(sums.double(), exact, rtol=tol, atol=tol * exact.abs().max().item())
+    ca, cb, cc = (torch.randn(t, 1, c, dtype=dtype) for _ in range(3))
+    dz = torch.empty_like(z)
+    ops.pool_bn_dz(g, ours_pooled, cell, z, ca, cb, cc, h, w, dz)
+    expected = torch.addcmul(cc, z, cb).addcmul_(gy, ca)
+    assert torch.equal(dz, expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_batchnorm_sums_are_the_float64_sums(dtype):
+    z, *_ = block(2, 3, 21, 21, 8, dtype)
+    z = z + 3.0  # an uncentred z
+    sums = ops.channel_sums(z)
+    torch.testing.assert_close(sums.double(), z.double().sum(1, keepdim=True), rtol=1e-6, atol=1e-4)
+    mean = sums / z.size(1)
+    centred = z - mean
+    squares = ops.centre_squares(z, mean)
+    assert torch.equal(z, centred)  # in place, the same float subtraction
+    torch.testing.assert_close(
+        squares.double(), (centred.double() ** 2).sum(1, keepdim=True), rtol=1e-6, atol=1e-6
+    )
+
+
+def test_bad_shapes_are_refused_with_a_message():
+    z, scale, beta, g = block(1, 2, 8, 8, 4, torch.float32)
+    pooled = z.new_empty(2, 3, 4, 4)  # wrong Ho
+    where = torch.empty(pooled.shape, dtype=torch.int32)
+    with pytest.raises(Exception, match="pooled must be"):
+        ops.relu_pool(z, scale, beta, 8, 8, pooled, where)

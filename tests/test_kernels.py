@@ -1,0 +1,87 @@
+"""A run's pooled-block passes (`TrainConfig.kernels`, `reptorch.fast.fused`): chosen per
+network, recorded by a run, kept on resume unless given, and the same training as ATen's to
+float rounding."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from reptorch.config import TrainConfig, resolve
+from reptorch.errors import ConfigError
+from reptorch.fast import fused
+from reptorch.models import MiniImageNetNet, OmniglotNet
+from reptorch.run.setup import resolve_kernels
+from reptorch.run.training import Trainer
+
+
+@pytest.fixture()
+def native_ops():
+    if not fused.available():
+        pytest.skip("no compiler for the fused native ops")
+
+
+def test_config_field_defaults_and_old_runs():
+    assert TrainConfig().kernels == ""  # chosen when the run starts
+    old = {k: v for k, v in TrainConfig().to_dict().items() if k != "kernels"}
+    assert TrainConfig.from_saved(old).kernels == "aten"  # runs before the field: ATen's
+    with pytest.raises(ConfigError, match="kernels='fast': choose one of aten, fused"):
+        TrainConfig(kernels="fast")
+
+
+def test_auto_fuses_the_pooled_network_on_the_cpu_only(native_ops):
+    assert resolve_kernels("", MiniImageNetNet(5), "cpu") == "fused"
+    assert resolve_kernels("", OmniglotNet(5), "cpu") == "aten"  # no pooled blocks
+    assert resolve_kernels("", MiniImageNetNet(5), "cuda") == "aten"  # CPU ops
+    assert resolve_kernels("aten", MiniImageNetNet(5), "cpu") == "aten"  # asked: given
+    with pytest.raises(ConfigError, match="kernels=fused: only the pooled blocks"):
+        resolve_kernels("fused", OmniglotNet(5), "cpu")
+
+
+def test_without_the_native_ops_auto_is_aten_and_fused_a_one_line_error(monkeypatch):
+    monkeypatch.setattr(fused, "available", lambda: False)
+    assert resolve_kernels("", MiniImageNetNet(5), "cpu") == "aten"
+    with pytest.raises(ConfigError, match="could not be built here.*--kernels aten"):
+        resolve_kernels("fused", MiniImageNetNet(5), "cpu")
+
+
+def _mini(shared_data, **changes) -> TrainConfig:
+    tiny = dict(classes=3, shots=1, train_shots=2, inner_batch=6, inner_iters=2, meta_batch=2)
+    tiny |= dict(meta_iters=2, eval_interval=1, eval_samples=0, eval_iters=2, eval_batch=3)
+    data = dict(dataset="miniimagenet", data_dir=str(shared_data), allow_partial=True)
+    return resolve(None, device="cpu", parallel="loop", **{**data, **tiny, **changes})
+
+
+def test_run_records_its_kernels_and_resumes_with_them(native_ops, shared_data, tmp_path, capsys):
+    """Auto picks the fused passes for Mini-ImageNet and config.json says so; they train the
+    same phi as ATen's to float rounding; a run saved before the field resumes on ATen's;
+    asking for the fused ones switches it, said on stderr and recorded."""
+    phis = {}
+    for kernels in ("", "aten"):
+        run = tmp_path / f"run-{kernels or 'auto'}"
+        trainer = Trainer(_mini(shared_data, kernels=kernels), run)
+        expected = kernels or "fused"
+        assert trainer.config.kernels == expected
+        assert trainer.learner.algorithm.batched_loss_and_grad.spec.fused == (expected == "fused")
+        assert trainer.evaluator.oracle.spec.fused == (expected == "fused")
+        trainer.train(False, echo=False)
+        saved = json.loads((run / "config.json").read_text())["config"]
+        assert saved["kernels"] == expected
+        phis[expected] = trainer.learner.phi
+    for name, value in phis["aten"].items():  # float32 Adam: see tests/test_chain_workers.py
+        torch.testing.assert_close(phis["fused"][name], value, rtol=1e-3, atol=1e-4)
+
+    run = tmp_path / "run-auto"
+    path = run / "config.json"
+    old = json.loads(path.read_text())
+    del old["config"]["kernels"]  # as written before the field existed
+    path.write_text(json.dumps(old))
+    same = _mini(shared_data)
+    assert Trainer(same, run).config.kernels == "aten"  # the run's own, not auto's
+    switched = Trainer(same.replace(kernels="fused"), run)
+    assert "switch from the aten to the fused kernels" in capsys.readouterr().err
+    switched.train(False, echo=False)
+    assert json.loads(path.read_text())["config"]["kernels"] == "fused"
+    assert Trainer(same, run).config.kernels == "fused"  # the switch is what is recorded now
