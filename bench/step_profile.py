@@ -2,6 +2,7 @@
 
     python -m bench.step_profile --setting mini --images 5     # one worker's share of 10 images
     python -m bench.step_profile --setting 20w1s --images 20
+    python -m bench.step_profile --setting mini --images 5 --kernels aten  # PyTorch's passes
 
 Profiles `ConvNetKernel.loss_and_grad` (run eagerly: the same ops as the scripted kernel, whose
 per-op cost here is a few us against steps of ms) for one task with torch.profiler, one thread,
@@ -20,6 +21,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from bench.run import SETTINGS, Setting, _key
+from reptorch.config import KERNELS
+from reptorch.fast import fused
 from reptorch.fast.convnet import ConvNetSpec
 from reptorch.fast.kernel import ConvNetKernel
 from reptorch.fast.oracle import spec_for, to_gemm
@@ -56,14 +59,19 @@ def _layer_of(shapes: list[list[int]], images: int, spec: ConvNetSpec, sides: li
     return min(found) if found else None
 
 
-def profile_step(s: Setting, images: int, repeats: int) -> dict[tuple[str, str, str], float]:
-    """Median ms per step of each (layer, pass, op)."""
+def profile_step(
+    s: Setting, images: int, repeats: int, kernels: str = "aten"
+) -> dict[tuple[str, str, str], float]:
+    """Median ms per step of each (layer, pass, op); `kernels`: the pooled blocks' passes."""
     torch.manual_seed(0)
     net = s.network()
     spec = spec_for(net)
-    kernel = ConvNetKernel(
-        spec.stride, spec.pool, spec.layers, spec.eps, spec.native_convolutions()
-    )
+    cls = ConvNetKernel
+    if kernels == "fused" and spec.pool:
+        if not fused.available():
+            raise SystemExit("the fused native ops did not build (g++ and ninja are needed)")
+        cls = fused.FusedKernel
+    kernel = cls(spec.stride, spec.pool, spec.layers, spec.eps, spec.native_convolutions())
     names = spec.names()
     params = {
         k: to_gemm(k, v.detach()[None].clone(), batched=True) for k, v in net.named_parameters()
@@ -115,12 +123,14 @@ def main() -> None:
     parser.add_argument("--setting", default="mini", help="5w1s, 20w1s or mini")
     parser.add_argument("--images", type=int, default=None, help="default: the inner batch")
     parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--kernels", choices=KERNELS, default="fused", help="pooled blocks")
     args = parser.parse_args()
     s = next(x for x in SETTINGS if _key(x) == args.setting)
     images = args.images or s.inner_batch
-    table = profile_step(s, images, args.repeats)
+    table = profile_step(s, images, args.repeats, args.kernels)
     total = sum(table.values())
-    print(f"{s.name}: one inner step of {images} images, one thread, {total:.2f} ms")
+    passes = f", {args.kernels} passes" if s.dataset == "miniimagenet" else ""
+    print(f"{s.name}: one inner step of {images} images, one thread{passes}, {total:.2f} ms")
     print("| layer | pass | conv / gemm ms | pool ms | bn/relu/other ms | copies ms | total |")
     print("|---|---|---|---|---|---|---|")
     rows = sorted({(k[0], k[1]) for k in table}, key=lambda r: (r[1] != "forward", r[0]))

@@ -313,10 +313,11 @@ void relu_pool(const at::Tensor& z, const at::Tensor& scale, const at::Tensor& b
     const scalar_t* zp = z.data_ptr<scalar_t>();
     scalar_t* out = pooled.data_ptr<scalar_t>();
     int32_t* arg = where.data_ptr<int32_t>();
+    const scalar_t* sp = s.data_ptr<scalar_t>();
+    const scalar_t* bp = b.data_ptr<scalar_t>();
     windows(n, h, w, [&](int64_t image, int64_t cell, const Window& win) {
       const int64_t task = image / per;
-      window_max<scalar_t>(win, zp, s.data_ptr<scalar_t>() + task * c,
-                           b.data_ptr<scalar_t>() + task * c, out + cell * c, arg + cell * c, c);
+      window_max<scalar_t>(win, zp, sp + task * c, bp + task * c, out + cell * c, arg + cell * c, c);
     });
   });
 }
@@ -359,11 +360,13 @@ void pool_bn_dz(const at::Tensor& g, const at::Tensor& pooled, const at::Tensor&
     const scalar_t* pp = pooled.data_ptr<scalar_t>();
     const int32_t* arg = where.data_ptr<int32_t>();
     scalar_t* out = dz.data_ptr<scalar_t>();
+    const scalar_t* ap = a.data_ptr<scalar_t>();
+    const scalar_t* bp = b.data_ptr<scalar_t>();
+    const scalar_t* cp = k0.data_ptr<scalar_t>();
     windows(n, h, w, [&](int64_t image, int64_t cell, const Window& win) {
       const int64_t task = (image / per) * c;
-      window_dz<scalar_t>(win, zp, gp + cell * c, pp + cell * c, arg + cell * c,
-                          a.data_ptr<scalar_t>() + task, b.data_ptr<scalar_t>() + task,
-                          k0.data_ptr<scalar_t>() + task, out, c);
+      window_dz<scalar_t>(win, zp, gp + cell * c, pp + cell * c, arg + cell * c, ap + task,
+                          bp + task, cp + task, out, c);
     });
   });
 }
