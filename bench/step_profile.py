@@ -62,12 +62,12 @@ def _layer_of(shapes: list[list[int]], images: int, spec: ConvNetSpec, sides: li
 def profile_step(
     s: Setting, images: int, repeats: int, kernels: str = "aten"
 ) -> dict[tuple[str, str, str], float]:
-    """Median ms per step of each (layer, pass, op); `kernels`: the pooled blocks' passes."""
+    """Median ms per step of each (layer, pass, op); `kernels`: the blocks' passes."""
     torch.manual_seed(0)
     net = s.network()
     spec = spec_for(net)
     cls = ConvNetKernel
-    if kernels == "fused" and spec.pool:
+    if kernels == "fused":
         if not fused.available():
             raise SystemExit("the fused native ops did not build (g++ and ninja are needed)")
         cls = fused.FusedKernel
@@ -123,14 +123,16 @@ def main() -> None:
     parser.add_argument("--setting", default="mini", help="5w1s, 20w1s or mini")
     parser.add_argument("--images", type=int, default=None, help="default: the inner batch")
     parser.add_argument("--repeats", type=int, default=9)
-    parser.add_argument("--kernels", choices=KERNELS, default="fused", help="pooled blocks")
+    parser.add_argument("--kernels", choices=KERNELS, default="fused", help="block passes")
     args = parser.parse_args()
     s = next(x for x in SETTINGS if _key(x) == args.setting)
     images = args.images or s.inner_batch
     table = profile_step(s, images, args.repeats, args.kernels)
     total = sum(table.values())
-    passes = f", {args.kernels} passes" if s.dataset == "miniimagenet" else ""
-    print(f"{s.name}: one inner step of {images} images, one thread{passes}, {total:.2f} ms")
+    print(
+        f"{s.name}: one inner step of {images} images, one thread, {args.kernels} passes,"
+        f" {total:.2f} ms"
+    )
     print("| layer | pass | conv / gemm ms | pool ms | bn/relu/other ms | copies ms | total |")
     print("|---|---|---|---|---|---|---|")
     rows = sorted({(k[0], k[1]) for k in table}, key=lambda r: (r[1] != "forward", r[0]))

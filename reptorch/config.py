@@ -30,7 +30,7 @@ PARALLEL = ("vmap", "loop")  # a meta-batch's tasks side by side, or in sequence
 OUTER = ("interpolate", "sgd", "adam")  # the reference interpolation, or a torch.optim optimiser
 EVAL_INNER_STATES = ("checkpoint", "zero")  # the inner state an evaluation task starts from
 DATASETS = ("omniglot", "miniimagenet", "sine", "folder:PATH")
-# The fast kernels' passes over pooled blocks: PyTorch's ops, or the fused native ones
+# The fast kernels' BatchNorm / ReLU / pool passes: PyTorch's ops, or the fused native ones
 # (`reptorch.fast.fused`): the same maths, different float rounding.
 KERNELS = ("aten", "fused")
 
@@ -85,9 +85,9 @@ class TrainConfig:
     # splitting its images (`reptorch.chain_threads`); 0: chosen for the network and the cores,
     # and recorded resolved in config.json. Runs saved before it existed ran with 1.
     chain_workers: int = 0
-    # The pooled blocks' passes (`KERNELS`); "": "fused" where the network has pooled blocks
-    # (Mini-ImageNet's) and the native ops build, else "aten"; recorded resolved. Runs saved
-    # before it existed ran on "aten".
+    # The conv blocks' BatchNorm / ReLU / pool passes (`KERNELS`); "": "fused" for the paper's
+    # conv nets on the CPU where the native ops build, else "aten"; recorded resolved. Runs
+    # saved before it existed ran on "aten".
     kernels: str = ""
     checkpoint_every: int = 100
     keep: int = 3  # checkpoints kept on disk

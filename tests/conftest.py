@@ -100,7 +100,7 @@ def trained_demo_model():
 
 @pytest.fixture(autouse=True)
 def _aten_kernels_after_each_test():
-    """A `Trainer` selects its run's pooled-block passes for the process
+    """A `Trainer` selects its run's block passes for the process
     (`reptorch.fast.fused.select`): put back the library default after every test, so no test
     depends on which ran before it."""
     yield

@@ -141,8 +141,9 @@ def _small_miniimagenet() -> FourBlockNet:
 
 
 NETS = {  # the inner loop on each kernel: im2col (Omniglot), PyTorch's convolutions (Mini-ImageNet)
-    # with the pooled blocks' passes on ATen's ops or fused (`reptorch.fast.fused`)
+    # with the blocks' BatchNorm / ReLU / pool passes on ATen's ops or fused (`reptorch.fast.fused`)
     "omniglot": (lambda: OmniglotNet(5), (1, 28, 28), "aten"),
+    "omniglot fused": (lambda: OmniglotNet(5), (1, 28, 28), "fused"),
     "miniimagenet": (lambda: _small_miniimagenet(), (3, 21, 21), "aten"),
     "miniimagenet fused": (lambda: _small_miniimagenet(), (3, 21, 21), "fused"),
 }
@@ -150,7 +151,7 @@ NETS = {  # the inner loop on each kernel: im2col (Omniglot), PyTorch's convolut
 
 @contextmanager
 def kernels(name: str):
-    """The process's pooled-block passes are `name` inside (`reptorch.fast.fused.select`)."""
+    """The process's block passes are `name` inside (`reptorch.fast.fused.select`)."""
     from reptorch.fast import fused
 
     if name == "fused" and not fused.available():

@@ -124,3 +124,52 @@ def test_bad_shapes_are_refused_with_a_message():
     where = torch.empty(pooled.shape, dtype=torch.int32)
     with pytest.raises(Exception, match="pooled must be"):
         ops.relu_pool(z, scale, beta, 8, 8, pooled, where)
+
+
+def padded_view(n: int, h: int, w: int, c: int, dtype: torch.dtype, seed: int) -> torch.Tensor:
+    """A (N, H, W, C) interior view of a zero-bordered (N, H+3, W+2, C) buffer, as the kernel
+    writes the next layer's padded input and reads the gradient of its col2im buffer."""
+    gen = torch.Generator().manual_seed(seed)
+    buf = torch.zeros(n, h + 3, w + 2, c, dtype=dtype)
+    buf[:, 1 : h + 1, 1 : w + 1].copy_(torch.randn(n, h, w, c, generator=gen, dtype=dtype))
+    return buf[:, 1 : h + 1, 1 : w + 1]
+
+
+PLAIN = [(5, 2, 14, 14, 64), (1, 20, 7, 7, 64), (2, 3, 4, 4, 5), (1, 1, 1, 1, 8)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", PLAIN)
+def test_plain_block_passes_match_aten(shape, dtype):
+    """bn_relu writes ATen's addcmul + relu_ bitwise into a strided view; bn_sums gives the
+    float64 sums of ATen's ReLU backward; bn_dz is ATen's two addcmuls bitwise."""
+    t, b, h, w, c = shape
+    z, scale, beta, _ = block(t, b, h, w, c, dtype, seed=2)
+    y = padded_view(t * b, h, w, c, dtype, seed=3)
+    ops.bn_relu(z, scale, beta, y)
+    expected = torch.addcmul(beta, z, scale).relu_().view(t * b, h, w, c)
+    assert torch.equal(y, expected)
+    g = padded_view(t * b, h, w, c, dtype, seed=4)
+    gy = torch.ops.aten.threshold_backward(g, y, 0.0).reshape(t, -1, c)
+    gd = gy.double()
+    exact = torch.cat([gd.sum(1, keepdim=True), (gd * z.double()).sum(1, keepdim=True)], 1)
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    sums = ops.bn_sums(g, y, z)
+    torch.testing.assert_close(sums.double(), exact, rtol=tol, atol=tol * exact.abs().max().item())
+    ca, cb, cc = (torch.randn(t, 1, c, dtype=dtype) for _ in range(3))
+    dz = torch.empty_like(z)
+    ops.bn_dz(g, y, z, ca, cb, cc, dz)
+    assert torch.equal(dz, torch.addcmul(cc, z, cb).addcmul_(gy, ca))
+
+
+def test_relu_keeps_nan_and_negative_zero_as_atens():
+    z = torch.tensor([[[float("nan"), -0.0, -1.0, 2.0, 0.0, -3.0, 1.0, -0.5]]])
+    one, zero = torch.ones(1, 1, 8), torch.full((1, 1, 8), -0.0)  # -0.0 + -0.0 = -0.0
+    y = torch.empty(1, 1, 1, 8)
+    ops.bn_relu(z, one, zero, y)
+    expected = torch.addcmul(zero, z, one).relu_().view(1, 1, 1, 8)
+    assert torch.equal(y.isnan(), expected.isnan())
+    finite = ~expected.isnan()
+    assert torch.equal(y[finite], expected[finite])
+    assert torch.equal(torch.signbit(y[finite]), torch.signbit(expected[finite]))
+    assert torch.signbit(expected[0, 0, 0, 1])  # the case is really there

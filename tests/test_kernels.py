@@ -1,4 +1,4 @@
-"""A run's pooled-block passes (`TrainConfig.kernels`, `reptorch.fast.fused`): chosen per
+"""A run's block passes (`TrainConfig.kernels`, `reptorch.fast.fused`): chosen per
 network, recorded by a run, kept on resume unless given, and the same training as ATen's to
 float rounding."""
 
@@ -13,7 +13,7 @@ import torch
 from reptorch.config import TrainConfig, resolve
 from reptorch.errors import ConfigError
 from reptorch.fast import fused
-from reptorch.models import MiniImageNetNet, OmniglotNet
+from reptorch.models import MiniImageNetNet, OmniglotNet, SineMLP
 from reptorch.run.setup import resolve_kernels
 from reptorch.run.training import Trainer
 
@@ -34,13 +34,14 @@ def test_config_field_defaults_and_old_runs():
         TrainConfig(kernels="fast")
 
 
-def test_auto_fuses_the_pooled_network_on_the_cpu_only(native_ops):
+def test_auto_fuses_the_paper_nets_on_the_cpu_only(native_ops):
     assert resolve_kernels("", MiniImageNetNet(5), "cpu") == "fused"
-    assert resolve_kernels("", OmniglotNet(5), "cpu") == "aten"  # no pooled blocks
+    assert resolve_kernels("", OmniglotNet(5), "cpu") == "fused"
+    assert resolve_kernels("", SineMLP(), "cpu") == "aten"  # no fast kernels
     assert resolve_kernels("", MiniImageNetNet(5), "cuda") == "aten"  # CPU ops
     assert resolve_kernels("aten", MiniImageNetNet(5), "cpu") == "aten"  # asked: given
-    with pytest.raises(ConfigError, match="kernels=fused: only the pooled blocks"):
-        resolve_kernels("fused", OmniglotNet(5), "cpu")
+    with pytest.raises(ConfigError, match="kernels=fused: only the paper's conv nets"):
+        resolve_kernels("fused", SineMLP(), "cpu")
 
 
 def test_without_the_native_ops_auto_is_aten_and_fused_a_one_line_error(monkeypatch):

@@ -86,9 +86,9 @@ _CHOICES: dict[str, tuple[str, tuple[str, ...], str]] = {
     "--kernels": (
         "kernels",
         KERNELS,
-        "passes over the pooled blocks (Mini-ImageNet's network): PyTorch's ops, or fused "
-        "native ones (one pass each, built on first use; float rounding differs); default: "
-        "fused where they build; a resumed run keeps its recorded choice unless given",
+        "the conv blocks' BatchNorm / ReLU / pool passes: PyTorch's ops, or fused native ones "
+        "(one pass each, built on first use; float rounding differs); default: fused where "
+        "they build; a resumed run keeps its recorded choice unless given",
     ),
 }
 

@@ -60,7 +60,7 @@ class ConvNetSpec:
     layers: int = 4
     eps: float = BN_EPS
     native: bool | None = None  # PyTorch's own convolutions; None: where they measure faster
-    fused: bool = False  # the pooled blocks' passes on the native ops (`reptorch.fast.fused`)
+    fused: bool = False  # the blocks' BatchNorm/ReLU/pool passes on the native ops (`fast.fused`)
 
     def native_convolutions(self) -> bool:
         """Whether the convs run on PyTorch's kernels (oneDNN) rather than im2col + GEMM.

@@ -155,8 +155,7 @@ class ConvNetKernel(KernelPrimitives):
             scale = gamma * r
             last = i + 1 == self.layers
             for s in range(slices):
-                z, n, b = zs[s], acts[s].size(0), xs[s].size(1)
-                m = z.size(1)
+                z, n = zs[s], acts[s].size(0)
                 ap_next, top_next, left_next = pads[s], top, left
                 if self.pool or last or self.native:
                     if self.pool:
@@ -165,7 +164,7 @@ class ConvNetKernel(KernelPrimitives):
                         )
                     else:
                         y = self._buf(_key("y" + str(i), s), [n, ho, wo, o], z)
-                        torch.addcmul(beta, z, scale, out=y.view(t, m, o)).relu_()
+                        self._bn_relu(z, scale, beta, y, False)
                         pooled, where = y, y
                     if not last and not self.native:
                         ap_next, inner, top_next, left_next = self._padded(
@@ -176,12 +175,7 @@ class ConvNetKernel(KernelPrimitives):
                     ap_next, y, top_next, left_next = self._padded(
                         n, ho, wo, o, _key("pad" + str(i + 1), s), z
                     )
-                    torch.addcmul(
-                        beta.view(t, 1, 1, 1, o),
-                        z.view(t, b, ho, wo, o),
-                        scale.view(t, 1, 1, 1, o),
-                        out=y.view(t, b, ho, wo, o),
-                    ).relu_()
+                    self._bn_relu(z, scale, beta, y, True)
                     pooled, where = y, y
                 if keep:
                     saved[s].extend([inputs[s], wm, z, r, gamma, y, pooled, where])
@@ -272,9 +266,8 @@ class ConvNetKernel(KernelPrimitives):
                     )
                     sums.append(total)
                 else:
-                    gy = torch.ops.aten.threshold_backward(das[s], a, 0.0).view(t, m, o)
-                    gz = torch.mul(gy, z, out=self._buf(_key("sq" + str(i), s), [t, m, o], z))
-                    sums.append(torch.cat([gy.sum(1, keepdim=True), gz.sum(1, keepdim=True)], 1))
+                    total, gy = self._bn_sums(das[s], a, z, _key("sq" + str(i), s))
+                    sums.append(total)
                 gys.append(gy)
             total = self._reduce(comm, rank, sums)
             dbeta, sgz = total[:, 0:1], total[:, 1:2]
@@ -296,7 +289,7 @@ class ConvNetKernel(KernelPrimitives):
                     ho, wo = dims[s][i][9], dims[s][i][10]
                     self._pool_bn_dz(gys[s], pooled, where, z, ca, cb, cc, ho, wo, dz)
                 else:
-                    torch.addcmul(cc, z, cb, out=dz).addcmul_(gys[s], ca)
+                    self._bn_dz(gys[s], saved[s][8 * i + 5], z, ca, cb, cc, dz)
                 if first + s == 0:
                     out[4 * i + 2].copy_(dgamma.squeeze(1))
                     out[4 * i + 3].copy_(dbeta.squeeze(1))

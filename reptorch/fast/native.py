@@ -20,32 +20,41 @@ _LOADED: dict[str, bool] = {}
 _LOCK = threading.Lock()
 
 
-def load(name: str, probe: str, disable: str, flags: tuple[str, ...] = ()) -> bool:
-    """Whether the ops of `csrc/<name without 'reptorch_'>.cpp` are registered as
-    `torch.ops.<name>` (built on the first call; False, said once, where they cannot be).
+def load(
+    name: str,
+    probe: str,
+    disable: str,
+    flags: tuple[str, ...] = (),
+    sources: tuple[str, ...] = (),
+) -> bool:
+    """Whether the ops of `csrc/<sources>` (default: `<name without 'reptorch_'>.cpp`) are
+    registered as `torch.ops.<name>` (built on the first call; False, said once, where they
+    cannot be).
 
     probe: one op of the library (present when another copy of this module loaded it);
     disable: the environment variable that, set to 1, keeps the fallback; flags: extra g++ flags.
     """
     with _LOCK:
         if name not in _LOADED:
-            _LOADED[name] = _build(name, probe, disable, flags)
+            files = sources or (name.removeprefix("reptorch_") + ".cpp",)
+            _LOADED[name] = _build(name, probe, disable, flags, files)
         return _LOADED[name]
 
 
-def _build(name: str, probe: str, disable: str, flags: tuple[str, ...]) -> bool:
+def _build(
+    name: str, probe: str, disable: str, flags: tuple[str, ...], files: tuple[str, ...]
+) -> bool:
     if os.environ.get(disable, "") not in ("", "0"):
         return False
     if hasattr(getattr(torch.ops, name), probe):
         return True
-    source = CSRC / (name.removeprefix("reptorch_") + ".cpp")
     try:
         from torch.utils.cpp_extension import load as build
 
         _put_ninja_on_path()
         build(
             name=name,
-            sources=[str(source)],
+            sources=[str(CSRC / f) for f in files],
             extra_cflags=list(flags),
             is_python_module=False,
             verbose=False,

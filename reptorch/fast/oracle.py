@@ -369,7 +369,7 @@ def spec_for(module: nn.Module) -> ConvNetSpec | None:
             or b.norm.track_running_stats
         ):
             return None
-    on_fused = pool and fused.selected() == "fused"  # the process's (`reptorch.fast.fused`)
+    on_fused = fused.selected() == "fused"  # the process's passes (`reptorch.fast.fused`)
     return ConvNetSpec(
         stride=stride, pool=pool, layers=len(blocks), eps=first.norm.eps, fused=on_fused
     )

@@ -193,6 +193,34 @@ class KernelPrimitives(nn.Module):
         sq = self._buf(key, [z.size(0), z.size(1), z.size(2)], z)
         return torch.mul(z, z, out=sq).sum(1, keepdim=True)
 
+    def _bn_relu(self, z: Tensor, scale: Tensor, beta: Tensor, y: Tensor, padded: bool) -> None:
+        """y = relu(beta + z scale) into y (N, H, W, C): a view into the next layer's padded
+        input (`padded`) or a whole buffer."""
+        t, o = z.size(0), z.size(2)
+        if padded:
+            n, h, w = y.size(0), y.size(1), y.size(2)
+            torch.addcmul(
+                beta.view(t, 1, 1, 1, o),
+                z.view(t, n // t, h, w, o),
+                scale.view(t, 1, 1, 1, o),
+                out=y.view(t, n // t, h, w, o),
+            ).relu_()
+        else:
+            torch.addcmul(beta, z, scale, out=y.view(z.size())).relu_()
+
+    def _bn_sums(self, g: Tensor, y: Tensor, z: Tensor, key: str) -> tuple[Tensor, Tensor]:
+        """The ReLU backward of dL/dy `g`, gy = g [y > 0] (T, M, C), and BatchNorm's backward
+        sums (T, 2, C) = [sum_m gy, sum_m gy z]: (sums, gy)."""
+        gy = torch.ops.aten.threshold_backward(g, y, 0.0).view(z.size())
+        gz = torch.mul(gy, z, out=self._buf(key, [z.size(0), z.size(1), z.size(2)], z))
+        return torch.cat([gy.sum(1, keepdim=True), gz.sum(1, keepdim=True)], 1), gy
+
+    def _bn_dz(
+        self, gy: Tensor, y: Tensor, z: Tensor, ca: Tensor, cb: Tensor, cc: Tensor, dz: Tensor
+    ) -> None:
+        """dz = cc + z cb + gy ca, BatchNorm's backward (gy from `_bn_sums`)."""
+        torch.addcmul(cc, z, cb, out=dz).addcmul_(gy, ca)
+
     def _relu_pool(
         self, z: Tensor, scale: Tensor, beta: Tensor, n: int, h: int, w: int, key: str
     ) -> tuple[Tensor, Tensor, Tensor]:

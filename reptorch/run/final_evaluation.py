@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from reptorch.config import EVAL_INNER_STATES, TrainConfig
 from reptorch.errors import ConfigError, RunStopped
 from reptorch.evaluation import EvalResult, Evaluator, default_chunk, task_chunks
+from reptorch.fast import fused
 from reptorch.run.eval_progress import EvalProgress, model_digest
 from reptorch.run.setup import eval_spec
 from reptorch.run.stop_signals import StopSignals
@@ -65,6 +66,7 @@ def evaluate_run(
         raise ConfigError(f"eval_samples={num_tasks}: evaluate at least one task")
     phi = trainer.learner.phi
     state = trainer.learner.inner_state if inner_state == "checkpoint" else trainer.inner.init(phi)
+    fused.select(c.kernels)  # the run's passes (another Trainer may have selected its own since)
     evaluator = Evaluator(
         trainer.module, trainer.inner, spec, loss_fn=trainer.loss_fn, workers=trainer.workers
     )
@@ -104,7 +106,7 @@ def evaluate_run(
         dataset=c.dataset,
         iteration=trainer.learner.iteration,
         model=digest,
-        kernels=c.kernels,  # the pooled blocks' passes (float rounding; `TrainConfig.kernels`)
+        kernels=c.kernels,  # the blocks' passes (float rounding; `TrainConfig.kernels`)
         eval_inner_state=inner_state,
         tasks_per_second=round(result.scores.numel() / max(result.seconds, 1e-9), 1),
     )

@@ -62,17 +62,16 @@ def build_module(config: TrainConfig, sources: dict[str, Any]) -> tuple[nn.Modul
 
 
 def resolve_kernels(requested: str, module: nn.Module, device: str) -> str:
-    """The pooled blocks' passes a run uses (`TrainConfig.kernels`): `requested`, or for ""
-    "fused" where the network has pooled blocks (Mini-ImageNet's), runs on the CPU and the
-    native ops build (`reptorch.fast.fused`), else "aten"."""
-    spec = spec_for(module)
-    pooled = spec is not None and spec.pool and torch.device(device).type == "cpu"
+    """The blocks' passes a run uses (`TrainConfig.kernels`): `requested`, or for "" "fused"
+    where the network is a paper conv net (the fast kernels), runs on the CPU and the native ops
+    build (`reptorch.fast.fused`), else "aten"."""
+    fast = spec_for(module) is not None and torch.device(device).type == "cpu"
     if requested == "":
-        return "fused" if pooled and fused.available() else "aten"
-    if requested == "fused" and not pooled:
+        return "fused" if fast and fused.available() else "aten"
+    if requested == "fused" and not fast:
         raise ConfigError(
-            "kernels=fused: only the pooled blocks of Mini-ImageNet's network on the CPU have "
-            "fused passes; this run has none: drop --kernels"
+            "kernels=fused: only the paper's conv nets on the CPU have fused passes; this run "
+            "has none: drop --kernels"
         )
     if requested == "fused" and not fused.available():
         raise ConfigError(

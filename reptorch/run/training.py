@@ -136,7 +136,7 @@ class Trainer:
         kernels = resolve_kernels(kernels, module, config.device)
         if recorded is not None and recorded.kernels != kernels:
             print(
-                f"{directory}: the pooled blocks switch from the {recorded.kernels} to the "
+                f"{directory}: the conv blocks switch from the {recorded.kernels} to the "
                 f"{kernels} kernels (float rounding changes; recorded in config.json)",
                 file=sys.stderr,
             )

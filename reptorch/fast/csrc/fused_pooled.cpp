@@ -1,118 +1,30 @@
-// Fused passes over the activations of a pooled conv block (reptorch.fast.fused).
+// The passes of a pooled block (conv -> BatchNorm -> ReLU -> 2x2 max pool, Mini-ImageNet's), one
+// loop over its activations each (fused.h says how they round):
 //
-// A Mini-ImageNet block is conv -> BatchNorm -> ReLU -> 2x2 max pool. Its first layer's
-// activations (5 images x 84 x 84 x 32 floats, 4.5 MB) are bandwidth-bound: PyTorch's ops stream
-// them about ten times a step (the pool backward alone zero-fills a full-size buffer and scatters
-// into it). Here each pass of the block is one loop over them:
-//
-//   channel_sums    sum_m z                              (BatchNorm's mean)
-//   centre_squares  z -= mean in place; sum_m z^2        (its variance, two-pass)
 //   relu_pool       y = relu(beta + z scale), pooled = max over each 2x2 window, and which
-//                   of the window's (up to) four cells was the maximum (`where`, 0..3)
+//                   of the window's (up to) four cells was the maximum (`where`, int32 0..3)
 //   pool_bn_sums    gy = dL/dy (the pool and ReLU backward: dL/dpooled at the window's maximum
 //                   where it is > 0, else 0); sum_m gy and sum_m gy z
 //   pool_bn_dz      dz = cc + z cb + gy ca               (BatchNorm's backward)
 //
-// Layout: z (T, M, C), M = images x H x W per task, channels-last; pooled, where, g (N, Ho, Wo,
-// C), N = T x images; per-task channel vectors (T, 1, C). Windows follow TF 'same' = PyTorch's
-// ceil mode (an odd side's last window is cut). Ties go to the first maximum in row-major
-// order, as PyTorch's kernel.
-//
-// Rounding. relu_pool and pool_bn_dz do the float operations of the PyTorch ops they replace,
-// in the same order (addcmul(beta, z, scale); addcmul(cc, z, cb), then addcmul(., gy, ca): a
-// fused multiply-add each, as PyTorch's AVX2 / AVX-512 kernels), so their results are bitwise
-// those ops' given the same inputs (built with -ffp-contract=off: no other contraction). The sums accumulate in double, sequentially over m, where PyTorch sums floats
-// in its own order: these (per-channel statistics and BatchNorm's two gradient sums) differ from
-// the ATen path by float rounding, and are more accurate.
+// Its first layer's activations (5 images x 84 x 84 x 32 floats, 4.5 MB) are bandwidth-bound:
+// PyTorch's ops stream them about ten times a step (the pool backward alone zero-fills a
+// full-size buffer and scatters into it). pooled, where and g are (N, Ho, Wo, C), N = T x images.
+// Windows follow TF 'same' = PyTorch's ceil mode (an odd side's last window is cut). Ties go to
+// the first maximum in row-major order, as PyTorch's kernel.
 
-#include <torch/library.h>
-#include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
+#include "fused.h"
 
-#include <cmath>
-#include <cstdint>
-#include <limits>
-#include <stdexcept>
-#include <string>
-#include <vector>
-
-#if defined(__AVX2__) && defined(__FMA__)
-#include <immintrin.h>
-#define REPTORCH_AVX2 1
-#endif
-
+namespace reptorch_fused {
 namespace {
 
-void expect(bool ok, const std::string& what) {
-  if (!ok) throw std::invalid_argument("reptorch.fast.fused: " + what);
-}
-
 void check_block(const at::Tensor& z, const at::Tensor& grid, int64_t h, int64_t w) {
-  expect(z.dim() == 3 && z.is_contiguous() && z.device().is_cpu(), "z must be a contiguous CPU (T, M, C)");
+  check_z(z);
   expect(grid.dim() == 4 && grid.is_contiguous(), "pooled tensors must be contiguous (N, Ho, Wo, C)");
   const int64_t t = z.size(0), c = z.size(2), n = grid.size(0);
   expect(n % t == 0 && z.size(1) == (n / t) * h * w, "z's M must be images x H x W");
   expect(grid.size(1) == (h + 1) / 2 && grid.size(2) == (w + 1) / 2 && grid.size(3) == c,
          "pooled must be (N, ceil(H/2), ceil(W/2), C)");
-}
-
-at::Tensor channel_sums(const at::Tensor& z) {
-  expect(z.dim() == 3 && z.is_contiguous() && z.device().is_cpu(), "z must be a contiguous CPU (T, M, C)");
-  const int64_t t = z.size(0), m = z.size(1), c = z.size(2);
-  at::Tensor out = at::empty({t, 1, c}, z.options());
-  AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "channel_sums", [&] {
-    std::vector<double> acc(c);
-    for (int64_t j = 0; j < t; ++j) {
-      const scalar_t* zp = z.data_ptr<scalar_t>() + j * m * c;
-      std::fill(acc.begin(), acc.end(), 0.0);
-      double* a = acc.data();
-      for (int64_t i = 0; i < m; ++i, zp += c) {
-        for (int64_t k = 0; k < c; ++k) a[k] += zp[k];
-      }
-      scalar_t* o = out.data_ptr<scalar_t>() + j * c;
-      for (int64_t k = 0; k < c; ++k) o[k] = static_cast<scalar_t>(a[k]);
-    }
-  });
-  return out;
-}
-
-at::Tensor centre_squares(at::Tensor z, const at::Tensor& mean) {
-  expect(z.dim() == 3 && z.is_contiguous() && z.device().is_cpu(), "z must be a contiguous CPU (T, M, C)");
-  const int64_t t = z.size(0), m = z.size(1), c = z.size(2);
-  const at::Tensor mu = mean.contiguous();
-  expect(mu.numel() == t * c && mu.scalar_type() == z.scalar_type(), "mean must be (T, 1, C) of z's dtype");
-  at::Tensor out = at::empty({t, 1, c}, z.options());
-  AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "centre_squares", [&] {
-    std::vector<double> acc(c);
-    for (int64_t j = 0; j < t; ++j) {
-      scalar_t* zp = z.data_ptr<scalar_t>() + j * m * c;
-      const scalar_t* u = mu.data_ptr<scalar_t>() + j * c;
-      std::fill(acc.begin(), acc.end(), 0.0);
-      double* a = acc.data();
-      for (int64_t i = 0; i < m; ++i, zp += c) {
-        for (int64_t k = 0; k < c; ++k) {
-          const scalar_t d = zp[k] - u[k];
-          zp[k] = d;
-          a[k] += static_cast<double>(d) * d;
-        }
-      }
-      scalar_t* o = out.data_ptr<scalar_t>() + j * c;
-      for (int64_t k = 0; k < c; ++k) o[k] = static_cast<scalar_t>(a[k]);
-    }
-  });
-  return out;
-}
-
-// a x + b as PyTorch's addcmul computes it: one fused multiply-add where its vectorised kernels
-// use them (built with -mfma on AVX2 / AVX-512 machines, see reptorch/fast/fused.py), else
-// a product and a sum.
-template <typename T>
-inline T madd(T a, T x, T b) {
-#ifdef __FMA__
-  return std::fma(a, x, b);
-#else
-  return a * x + b;
-#endif
 }
 
 // The cells of one 2x2 window (1 to 4 of them: windows are cut at an odd side), each as its
@@ -160,7 +72,7 @@ void window_max_generic(const Window& win, const T* __restrict z, const T* __res
     for (int64_t q = 0; q < c; ++q) {
       const T y = madd(zr[q], scale[q], beta[q]);
       const bool nan = y != y;
-      const T v = ((y > 0) | nan) ? y : T(0);  // ReLU, NaN kept
+      const T v = relu(y);
       const bool take = (v > best[q]) | nan;
       best[q] = take ? v : best[q];
       where[q] = take ? k : where[q];
@@ -239,7 +151,7 @@ void window_max<float>(const Window& win, const float* __restrict z,
     for (int i = 0; i < win.count; ++i) {
       const __m256 y = _mm256_fmadd_ps(_mm256_loadu_ps(z + win.rows[i] * c + q), s, b);
       const __m256 nan = _mm256_cmp_ps(y, y, _CMP_UNORD_Q);
-      const __m256 v = _mm256_blendv_ps(zero, y, _mm256_or_ps(_mm256_cmp_ps(y, zero, _CMP_GT_OQ), nan));
+      const __m256 v = _mm256_max_ps(zero, y);  // relu: PyTorch's clamp_min
       const __m256 take = _mm256_or_ps(_mm256_cmp_ps(v, top, _CMP_GT_OQ), nan);
       top = _mm256_blendv_ps(top, v, take);
       const __m256 k = _mm256_castsi256_ps(_mm256_set1_epi32(static_cast<int32_t>(win.places[i])));
@@ -372,10 +284,10 @@ void pool_bn_dz(const at::Tensor& g, const at::Tensor& pooled, const at::Tensor&
 }
 
 }  // namespace
+}  // namespace reptorch_fused
 
-TORCH_LIBRARY(reptorch_fused, m) {
-  m.def("channel_sums(Tensor z) -> Tensor", &channel_sums);
-  m.def("centre_squares(Tensor(a!) z, Tensor mean) -> Tensor", &centre_squares);
+TORCH_LIBRARY_FRAGMENT(reptorch_fused, m) {
+  using namespace reptorch_fused;
   m.def("relu_pool(Tensor z, Tensor scale, Tensor beta, int h, int w, Tensor(a!) pooled, "
         "Tensor(b!) where) -> ()", &relu_pool);
   m.def("pool_bn_sums(Tensor g, Tensor pooled, Tensor where, Tensor z, int h, int w) -> Tensor",
