@@ -134,8 +134,8 @@ def reptorch_step(
     The exact step runs with `threads` intra-op threads, as `reptorch train` runs its chain
     (1; `--chain-threads N`: N). `slice_threads`: the threads running the step's image slices,
     whatever other processes hold (None: they follow the free cores, the default; the slice
-    count: one worker per slice always, the only way before 2026-12-06). `kernels`: the pooled
-    blocks' passes ("": what `reptorch train` chooses; "aten" or "fused").
+    count: one worker per slice always, the only way before 2026-12-06). `kernels`: the blocks'
+    passes ("": what `reptorch train` chooses; "aten" or "fused").
     """
     torch.manual_seed(0)
     net = s.network().to(device)
@@ -376,8 +376,8 @@ def format_report(env, gemm, rows, busy_rows, busy, evals, command) -> str:
         "",
         "Median of the interleaved rounds. exact: the default `reptorch train` step, the"
         " reference's semantics (`parallel='loop'`: the tasks in sequence threading one inner"
-        " Adam state), its steps split over the workers `--chain-workers 0` chooses, the pooled"
-        " blocks on the passes `--kernels` picks by default (Mini-ImageNet: fused; 'exact, aten':"
+        " Adam state), its steps split over the workers `--chain-workers 0` chooses, the blocks'"
+        " BatchNorm / ReLU / pool passes `--kernels` picks by default (fused; 'exact, aten':"
         " PyTorch's ops); baseline:"
         " a plain `nn.Module` + `torch.optim.Adam` loop on PyTorch's own convolutions, all"
         " threads (`bench/baseline.py`); merged: the tasks side by side from one merged inner"
