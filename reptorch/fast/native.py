@@ -9,6 +9,7 @@ pure-PyTorch path; the reason is said once.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import warnings
 from pathlib import Path
@@ -52,6 +53,7 @@ def _build(
         from torch.utils.cpp_extension import load as build
 
         _put_ninja_on_path()
+        _say_if_compiling(name)
         build(
             name=name,
             sources=[str(CSRC / f) for f in files],
@@ -68,6 +70,25 @@ def _build(
             stacklevel=4,
         )
         return False
+
+
+def _say_if_compiling(name: str) -> None:
+    """One line on stderr when the library is about to be compiled (no up-to-date build in
+    torch's extension cache), so the pause of the first use is explained."""
+    try:
+        from torch.utils.cpp_extension import _get_build_directory
+
+        built = Path(_get_build_directory(name, verbose=False)) / f"{name}.so"
+        newest = max(f.stat().st_mtime for f in CSRC.iterdir())
+        if built.is_file() and built.stat().st_mtime >= newest:
+            return
+    except Exception:  # a private helper of torch's: no message rather than an error
+        return
+    print(
+        f"reptorch: compiling the native kernels {name} (first use after an install or "
+        f"update, ~20 s; cached in {built.parent})",
+        file=sys.stderr,
+    )
 
 
 def _put_ninja_on_path() -> None:
