@@ -173,3 +173,24 @@ def test_relu_keeps_nan_and_negative_zero_as_atens():
     assert torch.equal(y[finite], expected[finite])
     assert torch.equal(torch.signbit(y[finite]), torch.signbit(expected[finite]))
     assert torch.signbit(expected[0, 0, 0, 1])  # the case is really there
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(1, 32, 70560), (5, 64, 1960), (3, 7, 11)])
+def test_batchnorm_coefficients_are_bitwise_the_kernels_expressions(shape, dtype):
+    """bn_scale and bn_coefficients against the expressions of `KernelPrimitives` they replace."""
+    t, c, m_all = shape
+    gen = torch.Generator().manual_seed(6)
+    squares = torch.rand(t, 1, c, generator=gen, dtype=dtype) * m_all
+    gamma = torch.rand(t, c, generator=gen, dtype=dtype) + 0.5
+    r = squares.clone().div_(m_all).add_(1e-3).rsqrt_()
+    scale = gamma.unsqueeze(1) * r
+    ours_r, ours_scale = ops.bn_scale(squares, gamma, m_all, 1e-3)
+    assert torch.equal(ours_r, r) and torch.equal(ours_scale, scale)
+    total = torch.randn(t, 2, c, generator=gen, dtype=dtype)
+    dbeta, sgz, g = total[:, 0:1], total[:, 1:2], gamma.unsqueeze(1)
+    dgamma = r * sgz
+    ca = g * r
+    expected = (dgamma, ca, ca * r * dgamma * (-1.0 / m_all), ca * dbeta * (-1.0 / m_all))
+    for ours, theirs in zip(ops.bn_coefficients(total, r, g, m_all), expected, strict=True):
+        assert torch.equal(ours, theirs)

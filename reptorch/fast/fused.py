@@ -68,6 +68,14 @@ class FusedOps:
     def _centre_squares(self, z: Tensor, mean: Tensor, key: str) -> Tensor:
         return torch.ops.reptorch_fused.centre_squares(z, mean)
 
+    def _bn_scale(self, squares: Tensor, gamma: Tensor, m: int) -> tuple[Tensor, Tensor]:
+        return torch.ops.reptorch_fused.bn_scale(squares, gamma, m, self.eps)
+
+    def _bn_coefficients(
+        self, total: Tensor, r: Tensor, gamma: Tensor, m: int
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        return torch.ops.reptorch_fused.bn_coefficients(total, r, gamma, m)
+
     def _bn_relu(self, z: Tensor, scale: Tensor, beta: Tensor, y: Tensor, padded: bool) -> None:
         torch.ops.reptorch_fused.bn_relu(z, scale, beta, y)
 

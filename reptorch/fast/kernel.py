@@ -149,10 +149,9 @@ class ConvNetKernel(KernelPrimitives):
             squares: list[Tensor] = []
             for s in range(slices):
                 squares.append(self._centre_squares(zs[s], mean, _key("sq" + str(i), s)))
-            r = self._reduce(comm, rank, squares).div_(m_all).add_(self.eps).rsqrt_()
+            r, scale = self._bn_scale(self._reduce(comm, rank, squares), params[4 * i + 2], m_all)
             gamma = params[4 * i + 2].unsqueeze(1)
             beta = params[4 * i + 3].unsqueeze(1)
-            scale = gamma * r
             last = i + 1 == self.layers
             for s in range(slices):
                 z, n = zs[s], acts[s].size(0)
@@ -270,14 +269,9 @@ class ConvNetKernel(KernelPrimitives):
                     sums.append(total)
                 gys.append(gy)
             total = self._reduce(comm, rank, sums)
-            dbeta, sgz = total[:, 0:1], total[:, 1:2]
+            dbeta = total[:, 0:1]
             r, gamma = saved[0][8 * i + 3], saved[0][8 * i + 4]
-            m_all = dims[0][i][8]
-            # xhat = z r (z centred): dgamma = sum g xhat; dz = A g + Bc z + Cc per channel.
-            dgamma = r * sgz
-            ca = gamma * r
-            cb = ca * r * dgamma * (-1.0 / m_all)
-            cc = ca * dbeta * (-1.0 / m_all)
+            dgamma, ca, cb, cc = self._bn_coefficients(total, r, gamma, dims[0][i][8])
             for s in range(slices):
                 cols, wm, z = saved[s][8 * i], saved[s][8 * i + 1], saved[s][8 * i + 2]
                 hp, wp, top, left, n, h, w, c = dims[s][i][:8]

@@ -193,6 +193,23 @@ class KernelPrimitives(nn.Module):
         sq = self._buf(key, [z.size(0), z.size(1), z.size(2)], z)
         return torch.mul(z, z, out=sq).sum(1, keepdim=True)
 
+    def _bn_scale(self, squares: Tensor, gamma: Tensor, m: int) -> tuple[Tensor, Tensor]:
+        """r = rsqrt(var + eps), var = squares / M (T, 1, C; `squares` is overwritten), and the
+        BatchNorm scale gamma r (gamma: the (T, C) parameter): (r, scale)."""
+        r = squares.div_(m).add_(self.eps).rsqrt_()
+        return r, gamma.unsqueeze(1) * r
+
+    def _bn_coefficients(
+        self, total: Tensor, r: Tensor, gamma: Tensor, m: int
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """BatchNorm's backward per channel from total = [sum gy, sum gy z] (T, 2, C), z centred
+        so that xhat = z r: dgamma = sum gy xhat, and dz = ca gy + cb z + cc with ca = gamma r,
+        cb = -ca r dgamma / M, cc = -ca sum gy / M: (dgamma, ca, cb, cc)."""
+        dbeta, sgz = total[:, 0:1], total[:, 1:2]
+        dgamma = r * sgz
+        ca = gamma * r
+        return dgamma, ca, ca * r * dgamma * (-1.0 / m), ca * dbeta * (-1.0 / m)
+
     def _bn_relu(self, z: Tensor, scale: Tensor, beta: Tensor, y: Tensor, padded: bool) -> None:
         """y = relu(beta + z scale) into y (N, H, W, C): a view into the next layer's padded
         input (`padded`) or a whole buffer."""
