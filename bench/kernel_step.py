@@ -1,0 +1,68 @@
+"""One inner step of the scripted kernels, PyTorch's block passes against the fused ones
+(`reptorch.fast.fused`), one thread, alternating in one process (docs/benchmarks.md).
+
+    python -m bench.kernel_step --setting 5w1s --images 10
+    python -m bench.kernel_step --setting 20w1s --images 10   # one worker's slice of 20
+    python -m bench.kernel_step --setting mini --images 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from bench.run import SETTINGS, _key
+from reptorch.fast import fused
+from reptorch.fast.inner_loop import InnerLoopKernel
+from reptorch.fast.oracle import spec_for, to_gemm
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--setting", default="5w1s", help="5w1s, 20w1s or mini")
+    parser.add_argument("--images", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=7)
+    args = parser.parse_args()
+    if not fused.available():
+        raise SystemExit("the fused native ops did not build (g++ and ninja are needed)")
+    torch.set_num_threads(1)
+    s = next(x for x in SETTINGS if _key(x) == args.setting)
+    torch.manual_seed(0)
+    net = s.network()
+    spec = spec_for(net)
+    shape = (spec.stride, spec.pool, spec.layers, spec.eps, spec.native_convolutions())
+    kernels = {
+        "aten": torch.jit.script(InnerLoopKernel(*shape)),
+        "fused": torch.jit.script(fused.FusedKernel(*shape)),
+    }
+    names = spec.names()
+    params = {
+        k: to_gemm(k, v.detach()[None].clone(), batched=True) for k, v in net.named_parameters()
+    }
+    grads = [torch.empty_like(params[k]) for k in names]
+    x = torch.rand(1, args.images, *s.image)
+    y = torch.randint(0, s.ways, (1, args.images))
+    call = ([params[k] for k in names], [x], [y], [grads], True, -1, 0, 0, args.images, 1.0)
+    steps = 30 if s.dataset == "miniimagenet" else 200
+    times: dict[str, list[float]] = {k: [] for k in kernels}
+    for kernel in kernels.values():
+        for _ in range(5):
+            kernel.loss_and_grad(*call)
+    for _ in range(args.rounds):
+        for name, kernel in kernels.items():
+            start = time.perf_counter()
+            for _ in range(steps):
+                kernel.loss_and_grad(*call)
+            times[name].append(1e3 * (time.perf_counter() - start) / steps)
+    aten, mine = (statistics.median(times[k]) for k in ("aten", "fused"))
+    print(
+        f"{s.name}, {args.images} images: aten {aten:.3f} ms, fused {mine:.3f} ms per step,"
+        f" {aten / mine:.2f}x"
+    )
+
+
+if __name__ == "__main__":
+    main()
