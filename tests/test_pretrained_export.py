@@ -23,17 +23,23 @@ def run(tmp_path, shared_data):
     return directory
 
 
-def test_export_writes_the_card_and_reuses_the_runs_cells(run, tmp_path, monkeypatch):
-    monkeypatch.setattr(export, "MODELS_DIR", tmp_path / "models")
-    (tmp_path / "models").mkdir()
-    calls = []
+@pytest.fixture()
+def calls(monkeypatch) -> list:
+    """The task counts of every `Trainer.evaluate` call (a cell or a check) from now on."""
+    seen: list = []
     evaluate = Trainer.evaluate
 
     def counted(self, **kwargs):
-        calls.append(kwargs.get("num_tasks"))
+        seen.append(kwargs.get("num_tasks"))
         return evaluate(self, **kwargs)
 
     monkeypatch.setattr(Trainer, "evaluate", counted)
+    return seen
+
+
+def test_export_writes_the_card_and_reuses_the_runs_cells(run, tmp_path, monkeypatch, calls):
+    monkeypatch.setattr(export, "MODELS_DIR", tmp_path / "models")
+    (tmp_path / "models").mkdir()
     assert export.main([str(run), "--name", "tiny", "--tasks", "4", "--check-tasks", "2"]) == 0
     assert sorted(calls) == [2] * 4 + [4] * 4  # four cells, four checks
     card = json.loads((tmp_path / "models" / "tiny" / "card.json").read_text())
@@ -50,3 +56,25 @@ def test_export_writes_the_card_and_reuses_the_runs_cells(run, tmp_path, monkeyp
     again = json.loads((tmp_path / "models" / "tiny" / "card.json").read_text())
     assert again["results"] == card["results"]
     assert not list(run.glob("*.progress.json"))
+
+
+def test_cells_saved_before_the_kernels_field_count_as_atens(
+    tmp_path, shared_data, monkeypatch, calls
+):
+    """Evaluation files written before summaries named their kernels were all ATen's: an ATen
+    run's export reuses them; a fused run's would not."""
+    directory = tmp_path / "aten-run"
+    argv = ["train", *TINY, "--meta-iters", "2", "--eval-samples", "0", "--no-progress"]
+    argv += ["--kernels", "aten", "--data-dir", str(shared_data), "--checkpoint", str(directory)]
+    assert main(argv) == 0
+    monkeypatch.setattr(export, "MODELS_DIR", tmp_path / "models")
+    (tmp_path / "models").mkdir()
+    command = [str(directory), "--name", "tiny", "--tasks", "4", "--check-tasks", "2"]
+    assert export.main(command) == 0
+    for path in directory.glob("eval-*.json"):  # as written before the field existed
+        summary = json.loads(path.read_text())
+        assert summary.pop("kernels") == "aten"
+        path.write_text(json.dumps(summary))
+    calls.clear()
+    assert export.main(command) == 0
+    assert calls == [2] * 4  # the four cells reused, only the checks run

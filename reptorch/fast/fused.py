@@ -126,8 +126,8 @@ class FusedOps:
 
 
 class FusedKernel(FusedOps, InnerLoopKernel):
-    """`InnerLoopKernel` with the pooled block's fused passes."""
+    """`InnerLoopKernel` with the blocks' fused passes."""
 
 
 class FusedNativeCommKernel(FusedOps, NativeCommKernel):
-    """`NativeCommKernel` with the pooled block's fused passes."""
+    """`NativeCommKernel` with the blocks' fused passes."""

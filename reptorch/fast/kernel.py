@@ -263,10 +263,9 @@ class ConvNetKernel(KernelPrimitives):
                     total, gy = self._pool_bn_sums(
                         das[s], a, pooled, where, z, ho, wo, _key("sq" + str(i), s)
                     )
-                    sums.append(total)
                 else:
                     total, gy = self._bn_sums(das[s], a, z, _key("sq" + str(i), s))
-                    sums.append(total)
+                sums.append(total)
                 gys.append(gy)
             total = self._reduce(comm, rank, sums)
             dbeta = total[:, 0:1]

@@ -229,8 +229,12 @@ class KernelPrimitives(nn.Module):
         """The ReLU backward of dL/dy `g`, gy = g [y > 0] (T, M, C), and BatchNorm's backward
         sums (T, 2, C) = [sum_m gy, sum_m gy z]: (sums, gy)."""
         gy = torch.ops.aten.threshold_backward(g, y, 0.0).view(z.size())
+        return self._gy_sums(gy, z, key), gy
+
+    def _gy_sums(self, gy: Tensor, z: Tensor, key: str) -> Tensor:
+        """BatchNorm's backward sums (T, 2, C) = [sum_m gy, sum_m gy z] (gy z into buffer `key`)."""
         gz = torch.mul(gy, z, out=self._buf(key, [z.size(0), z.size(1), z.size(2)], z))
-        return torch.cat([gy.sum(1, keepdim=True), gz.sum(1, keepdim=True)], 1), gy
+        return torch.cat([gy.sum(1, keepdim=True), gz.sum(1, keepdim=True)], 1)
 
     def _bn_dz(
         self, gy: Tensor, y: Tensor, z: Tensor, ca: Tensor, cb: Tensor, cc: Tensor, dz: Tensor
@@ -263,8 +267,7 @@ class KernelPrimitives(nn.Module):
         BatchNorm's backward sums (T, 2, C) = [sum_m gy, sum_m gy z]: (sums, gy). h, w: y's
         side (before the pool)."""
         gy = self._maxpool_backward(g, y, pooled, where).reshape(z.size())
-        gz = torch.mul(gy, z, out=self._buf(key, [z.size(0), z.size(1), z.size(2)], z))
-        return torch.cat([gy.sum(1, keepdim=True), gz.sum(1, keepdim=True)], 1), gy
+        return self._gy_sums(gy, z, key), gy
 
     def _pool_bn_dz(
         self,
@@ -280,7 +283,7 @@ class KernelPrimitives(nn.Module):
         dz: Tensor,
     ) -> None:
         """dz = cc + z cb + gy ca, BatchNorm's backward (gy from `_pool_bn_sums`)."""
-        torch.addcmul(cc, z, cb, out=dz).addcmul_(gy, ca)
+        self._bn_dz(gy, pooled, z, ca, cb, cc, dz)
 
     def _maxpool(self, a: Tensor) -> tuple[Tensor, Tensor]:
         """2x2 stride-2 max pool of a non-negative (N, H, W, C) with TF 'same' padding (= ceil

@@ -120,7 +120,8 @@ class Trainer:
         self.sources = build_sources(config)
         self.monitor = "val" if "val" in self.sources else "test"
         module, self.loss_fn = build_module(config, self.sources)
-        recorded = recorded_config(directory) if group.is_main else None
+        # the run's recorded settings, read by rank 0 for every process (they must agree)
+        recorded = group.from_main(partial(recorded_config, directory), "the run's settings")
         requested = config.chain_workers or (recorded.chain_workers if recorded else 0)
         self.chain_workers = resolve_chain_workers(
             requested, module, sequential, chain_threads, images=config.inner_batch
