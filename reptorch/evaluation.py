@@ -120,11 +120,15 @@ class Evaluator:
         return self.adapt(phi, state, tasks, indices).params
 
     @torch.no_grad()
-    def outputs(self, params: Params, tasks: EvalTasks) -> torch.Tensor:
+    def outputs(
+        self, params: Params, tasks: EvalTasks, transductive: bool | None = None
+    ) -> torch.Tensor:
         """Network outputs for the queries, (T, N*Q, classes): all queries in one batch
-        (transductive, regression), or each in a batch with the support set, its own row kept."""
+        (transductive, regression), or each in a batch with the support set, its own row kept.
+        `transductive`: the mode (default: the spec's)."""
         qx = tasks.query_xs
-        if self.spec.regression or self.spec.transductive:
+        transductive = self.spec.transductive if transductive is None else transductive
+        if self.spec.regression or transductive:
             return self.forward(params, qx)
         sx = tasks.support_xs
         columns = [
@@ -133,9 +137,11 @@ class Evaluator:
         ]
         return torch.stack(columns, 1)
 
-    def predict(self, params: Params, tasks: EvalTasks) -> torch.Tensor:
+    def predict(
+        self, params: Params, tasks: EvalTasks, transductive: bool | None = None
+    ) -> torch.Tensor:
         """Predicted labels (T, N*Q), or outputs (T, Q, 1) for regression."""
-        outputs = self.outputs(params, tasks)
+        outputs = self.outputs(params, tasks, transductive)
         return outputs if self.spec.regression else outputs.argmax(-1)
 
     def scores(self, tasks: EvalTasks, predictions: torch.Tensor) -> torch.Tensor:
@@ -146,11 +152,27 @@ class Evaluator:
 
     def run_chunk(self, phi: Params, state: Any, tasks: EvalTasks, indices: torch.Tensor):
         """(predictions, per-task scores) for one chunk of tasks, moved to phi's device."""
+        return self.run_chunk_modes(phi, state, tasks, indices, (self.spec.transductive,))[0]
+
+    def run_chunk_modes(
+        self,
+        phi: Params,
+        state: Any,
+        tasks: EvalTasks,
+        indices: torch.Tensor,
+        modes: tuple[bool, ...],
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """`run_chunk` in each mode of `modes` (transductive or not) from one fine-tuning: the
+        modes differ only in how the queries are predicted, so each gets what a chunk of its
+        own would (the same tasks, mini-batches and theta_k)."""
         device = next(iter(phi.values())).device
         tasks = EvalTasks(*(t.to(device) for t in tasks))
         params = self.fine_tune(phi, state, tasks, indices.to(device))
-        predictions = self.predict(params, tasks)
-        return predictions, self.scores(tasks, predictions).cpu()
+        results = []
+        for transductive in modes:
+            predictions = self.predict(params, tasks, transductive)
+            results.append((predictions, self.scores(tasks, predictions).cpu()))
+        return results
 
     def evaluate(
         self,
@@ -164,22 +186,53 @@ class Evaluator:
     ) -> EvalResult:
         """Every chunk's tasks fine-tuned and scored; `on_chunk(scores, predictions)` after each
         (a resumable evaluation saves them), and no further chunk once `stop()` is true."""
-        start, predictions, scores = time.perf_counter(), [], []
+        callback = None
+        if on_chunk is not None:
+
+            def callback(rows: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+                predicted, score = rows[0]
+                on_chunk(score, predicted)
+
+        modes = (self.spec.transductive,)
+        return self.evaluate_modes(phi, state, chunks, total, modes, progress, callback, stop)[0]
+
+    def evaluate_modes(
+        self,
+        phi: Params,
+        state: Any,
+        chunks: Iterator[tuple[EvalTasks, torch.Tensor]],
+        total: int,
+        modes: tuple[bool, ...],
+        progress: bool = True,
+        on_chunk: Callable[[list[tuple[torch.Tensor, torch.Tensor]]], None] | None = None,
+        stop: Callable[[], bool] | None = None,
+    ) -> list[EvalResult]:
+        """`evaluate` in each mode of `modes` from one fine-tuning per task (`run_chunk_modes`):
+        one `EvalResult` per mode, all with the time of the whole; `on_chunk` gets the chunk's
+        (predictions, scores) per mode."""
+        start = time.perf_counter()
+        predictions: list[list[torch.Tensor]] = [[] for _ in modes]
+        scores: list[list[torch.Tensor]] = [[] for _ in modes]
         with tqdm(total=total, unit="task", desc="eval", disable=not progress, leave=False) as bar:
             for tasks, indices in chunks:
-                predicted, score = self.run_chunk(phi, state, tasks, indices)
-                predictions.append(predicted.cpu())
-                scores.append(score)
-                bar.update(len(score))
+                rows = self.run_chunk_modes(phi, state, tasks, indices, modes)
+                rows = [(predicted.cpu(), score) for predicted, score in rows]
+                for j, (predicted, score) in enumerate(rows):
+                    predictions[j].append(predicted)
+                    scores[j].append(score)
+                bar.update(len(rows[0][1]))
                 if on_chunk is not None:
-                    on_chunk(score, predictions[-1])
+                    on_chunk(rows)
                 if stop is not None and stop():
                     break
         metric = "mse" if self.spec.regression else "accuracy"
-        if not scores:  # no task in this process's share
-            return EvalResult(torch.zeros(0), torch.zeros(0), metric, 0.0, start)
+        if not scores[0]:  # no task in this process's share
+            return [EvalResult(torch.zeros(0), torch.zeros(0), metric, 0.0, start) for _ in modes]
         seconds = time.perf_counter() - start
-        return EvalResult(torch.cat(scores), torch.cat(predictions), metric, seconds, start)
+        return [
+            EvalResult(torch.cat(s), torch.cat(p), metric, seconds, start)
+            for s, p in zip(scores, predictions)
+        ]
 
 
 def sample_tasks(source: Any, num: int, spec: EvalSpec, generator: torch.Generator):

@@ -38,6 +38,20 @@ def vector_tasks(tasks: int, steps: int, batch: int, seed: int = 0, dtype=torch.
     return xs, ys
 
 
+# A 3-way Omniglot run in seconds: the reference's flags, scaled down.
+TINY = ["--classes", "3", "--shots", "1", "--train-shots", "3", "--inner-batch", "3"]
+TINY += ["--inner-iters", "2", "--meta-batch", "2", "--eval-iters", "3", "--device", "cpu"]
+
+
+def tiny_run(directory, data_dir, *flags: str):
+    """`reptorch train` of the TINY settings for 2 iterations into `directory` (and `flags`)."""
+    from reptorch.cli import main
+
+    argv = ["train", *TINY, "--meta-iters", "2", "--eval-samples", "0", "--no-progress", *flags]
+    assert main([*argv, "--data-dir", str(data_dir), "--checkpoint", str(directory)]) == 0
+    return directory
+
+
 def untrained_omniglot_run(directory, eval_iters: int = 10, ways: int = 5):
     """A run directory (config.json + checkpoint) of the paper's Omniglot net, untrained: phi from
     the seed, a fresh inner Adam state. What `reptorch demo --checkpoint` reads, in a second."""

@@ -15,17 +15,12 @@ from reptorch.errors import RunStopped
 from reptorch.evaluation import Evaluator
 from reptorch.run.eval_progress import EvalProgress, model_digest
 from reptorch.run.training import load_trainer
-
-TINY = ["--classes", "3", "--shots", "1", "--train-shots", "3", "--inner-batch", "3"]
-TINY += ["--inner-iters", "2", "--meta-batch", "2", "--eval-iters", "3", "--device", "cpu"]
+from tests.helpers import tiny_run
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, shared_data):
-    directory = tmp_path_factory.mktemp("staged") / "run"
-    argv = ["train", *TINY, "--meta-iters", "2", "--eval-samples", "0", "--no-progress"]
-    assert main([*argv, "--data-dir", str(shared_data), "--checkpoint", str(directory)]) == 0
-    return directory
+    return tiny_run(tmp_path_factory.mktemp("staged") / "run", shared_data)
 
 
 def _evaluate(run, **changes):
@@ -37,22 +32,22 @@ def test_a_stopped_evaluation_continues_with_the_same_results(run, tmp_path, mon
     whole = _evaluate(run)["result"]
     resume = tmp_path / "eval.progress.json"
     chunks = []
-    run_chunk = Evaluator.run_chunk
+    run_chunk = Evaluator.run_chunk_modes
 
     def stopped_after_two(self, *args):
         out = run_chunk(self, *args)
-        chunks.append(len(out[1]))
+        chunks.append(len(out[0][1]))
         if len(chunks) == 2:  # a SIGTERM arrives during the second chunk
             os.kill(os.getpid(), signal.SIGTERM)
         return out
 
-    monkeypatch.setattr(Evaluator, "run_chunk", stopped_after_two)
+    monkeypatch.setattr(Evaluator, "run_chunk_modes", stopped_after_two)
     with pytest.raises(RunStopped, match="after 6 of 10 tasks") as stopped:
         _evaluate(run, resume_file=resume)
     assert stopped.value.exit_code == 128 + signal.SIGTERM
     saved = json.loads(resume.read_text())
     assert len(saved["scores"]) == 6 and saved["stages"][0]["tasks"] == 6
-    monkeypatch.setattr(Evaluator, "run_chunk", run_chunk)
+    monkeypatch.setattr(Evaluator, "run_chunk_modes", run_chunk)
 
     summary = _evaluate(run, resume_file=resume)
     assert "6 of 10 tasks done" in capsys.readouterr().err

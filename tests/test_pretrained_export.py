@@ -7,33 +7,33 @@ import json
 
 import pytest
 
-from reptorch.cli import main
 from reptorch.pretrained import export
 from reptorch.run.training import Trainer
-
-TINY = ["--classes", "3", "--shots", "1", "--train-shots", "3", "--inner-batch", "3"]
-TINY += ["--inner-iters", "2", "--meta-batch", "2", "--eval-iters", "3", "--device", "cpu"]
+from tests.helpers import tiny_run
 
 
 @pytest.fixture()
 def run(tmp_path, shared_data):
-    directory = tmp_path / "run"
-    argv = ["train", *TINY, "--meta-iters", "2", "--eval-samples", "0", "--no-progress"]
-    assert main([*argv, "--data-dir", str(shared_data), "--checkpoint", str(directory)]) == 0
-    return directory
+    return tiny_run(tmp_path / "run", shared_data)
 
 
 @pytest.fixture()
 def calls(monkeypatch) -> list:
-    """The task counts of every `Trainer.evaluate` call (a cell or a check) from now on."""
+    """The task counts of every `Trainer.evaluate` call (a check) and the (modes, tasks) of
+    every `Trainer.evaluate_modes` call (a shot's cells) from now on."""
     seen: list = []
-    evaluate = Trainer.evaluate
+    evaluate, evaluate_modes = Trainer.evaluate, Trainer.evaluate_modes
 
     def counted(self, **kwargs):
         seen.append(kwargs.get("num_tasks"))
         return evaluate(self, **kwargs)
 
+    def counted_modes(self, modes, **kwargs):
+        seen.append((modes, kwargs.get("num_tasks")))
+        return evaluate_modes(self, modes, **kwargs)
+
     monkeypatch.setattr(Trainer, "evaluate", counted)
+    monkeypatch.setattr(Trainer, "evaluate_modes", counted_modes)
     return seen
 
 
@@ -41,7 +41,8 @@ def test_export_writes_the_card_and_reuses_the_runs_cells(run, tmp_path, monkeyp
     monkeypatch.setattr(export, "MODELS_DIR", tmp_path / "models")
     (tmp_path / "models").mkdir()
     assert export.main([str(run), "--name", "tiny", "--tasks", "4", "--check-tasks", "2"]) == 0
-    assert sorted(calls) == [2] * 4 + [4] * 4  # four cells, four checks
+    both = ((False, True), 4)  # a shot's two cells, from one fine-tuning per task
+    assert calls == [both, 2, both, 2, 2, 2]  # 1-shot cells, a check, 5-shot cells, 3 checks
     card = json.loads((tmp_path / "models" / "tiny" / "card.json").read_text())
     cells = {(r["shots"], r["transductive"]): r for r in card["results"]}
     assert set(cells) == {(1, False), (5, False), (1, True), (5, True)}
@@ -63,10 +64,7 @@ def test_cells_saved_before_the_kernels_field_count_as_atens(
 ):
     """Evaluation files written before summaries named their kernels were all ATen's: an ATen
     run's export reuses them; a fused run's would not."""
-    directory = tmp_path / "aten-run"
-    argv = ["train", *TINY, "--meta-iters", "2", "--eval-samples", "0", "--no-progress"]
-    argv += ["--kernels", "aten", "--data-dir", str(shared_data), "--checkpoint", str(directory)]
-    assert main(argv) == 0
+    directory = tiny_run(tmp_path / "aten-run", shared_data, "--kernels", "aten")
     monkeypatch.setattr(export, "MODELS_DIR", tmp_path / "models")
     (tmp_path / "models").mkdir()
     command = [str(directory), "--name", "tiny", "--tasks", "4", "--check-tasks", "2"]

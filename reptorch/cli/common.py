@@ -67,27 +67,31 @@ def evaluate_and_report(
     directory: Path | None,
     as_json: bool,
     group: distributed.Group,
+    modes: tuple[bool | None, ...] = (None,),
     **request: Any,
 ) -> None:
-    """`trainer.evaluate(**request)`, reported and saved in the run directory (if any) as
-    `eval_file` names it. Resumable there: the tasks done are kept in its `.progress.json`
-    until the result is saved, so that a stopped evaluation continues (one process)."""
+    """`trainer.evaluate(**request)` in each mode of `modes` (transductive or not; None: the
+    run's), from one fine-tuning per task, each reported and saved in the run directory (if
+    any) as `eval_file` names it. Resumable there: the tasks done are kept in its
+    `.progress.json` until the result is saved, so that a stopped evaluation continues (one
+    process)."""
     c = trainer.config
-    transductive = request.get("transductive")
-    transductive = c.transductive if transductive is None else transductive
+    chosen = tuple(c.transductive if mode is None else mode for mode in modes)
     ways, shots = request.get("ways") or c.classes, request.get("shots") or c.shots
-    path = None
+    paths: dict[bool, Path] = {}
     if directory is not None:
         split = request.get("split", "test")
-        path = run_eval_file(directory, c, transductive, split, ways, shots)
+        paths = {m: run_eval_file(directory, c, m, split, ways, shots) for m in chosen}
     resume = None
-    if path is not None and group.size == 1 and os.access(path.parent, os.W_OK):
-        resume = progress_file(path)
-    summary = trainer.evaluate(resume_file=resume, **request)
+    writable = all(os.access(path.parent, os.W_OK) for path in paths.values())
+    if paths and group.size == 1 and writable:
+        resume = {mode: progress_file(path) for mode, path in paths.items()}
+    summaries = trainer.evaluate_modes(chosen, resume_files=resume, **request)
     if group.is_main:
-        report(summary, path, as_json)
-    if resume is not None:
-        resume.unlink(missing_ok=True)
+        for mode in chosen:
+            report(summaries[mode], paths.get(mode), as_json)
+    for path in (resume or {}).values():
+        path.unlink(missing_ok=True)
 
 
 def in_group(body: Callable[[argparse.Namespace, int, distributed.Group], int], args) -> int:

@@ -207,7 +207,7 @@ def _train(args: argparse.Namespace, workers: int, group: distributed.Group) -> 
             num_tasks=args.eval_samples,
             inner_state=args.eval_inner_state,
             progress=progress,
-            transductive=args.transductive,
+            modes=(args.transductive,),
         )
         return 0
     config = config_from_args(args)

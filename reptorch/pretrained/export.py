@@ -109,46 +109,62 @@ def copy_run(run: Path, target: Path) -> int:
     return found[-1]
 
 
-def cell_summary(trainer: Trainer, run: Path, shots: int, transductive: bool, tasks: int):
-    """A cell on `tasks` seeded test tasks, as `reptorch eval --checkpoint RUN --shots K
-    [--transductive] --eval-samples N` saves it in the run directory: reused from there when it
-    is this model's (same digest, tasks and settings), else evaluated there in stages (a stopped
-    export continues the cell) and saved."""
+def cell_summaries(trainer: Trainer, run: Path, shots: int, tasks: int) -> dict[bool, dict]:
+    """The `shots`-shot cells, non-transductive and transductive, on `tasks` seeded test tasks,
+    as `reptorch eval --checkpoint RUN --shots K [--transductive] --eval-samples N` saves them
+    in the run directory: each reused from there when it is this model's (same digest, tasks
+    and settings); the others evaluated there together from one fine-tuning per task, in stages
+    (a stopped export continues them), and saved."""
     c = trainer.config
-    path = run_eval_file(run, c, transductive, "test", c.classes, shots)
-    request = {"shots": shots, "transductive": transductive, "progress": False}
-    expected = {"tasks": tasks, "seed": c.seed, "shots": shots, "transductive": transductive}
-    expected |= {"split": "test", "inner_steps": c.eval_iters, "eval_inner_state": "checkpoint"}
-    expected |= {"inner_batch": paper_eval_batch(c, c.classes, shots)}
-    expected["model"] = model_digest(trainer.learner.phi, trainer.learner.inner_state)
-    expected["kernels"] = c.kernels  # a cell is reproduced on the kernels that measured it
-    try:
-        saved = {"kernels": "aten", **json.loads(path.read_text())}  # older files: ATen's
-        if all(saved.get(k) == v for k, v in expected.items()):
-            return saved
-    except (OSError, ValueError):
-        pass
-    resume = progress_file(path)
-    summary = trainer.evaluate(num_tasks=tasks, resume_file=resume, **request)
-    atomic_write_json(path, summary)
-    resume.unlink(missing_ok=True)
-    return summary
+    digest = model_digest(trainer.learner.phi, trainer.learner.inner_state)
+    summaries: dict[bool, dict] = {}
+    paths: dict[bool, Path] = {}
+    for transductive in (False, True):
+        path = run_eval_file(run, c, transductive, "test", c.classes, shots)
+        expected = {"tasks": tasks, "seed": c.seed, "shots": shots, "transductive": transductive}
+        expected |= {"split": "test", "inner_steps": c.eval_iters, "eval_inner_state": "checkpoint"}
+        expected |= {"inner_batch": paper_eval_batch(c, c.classes, shots), "model": digest}
+        expected["kernels"] = c.kernels  # a cell is reproduced on the kernels that measured it
+        try:
+            saved = {"kernels": "aten", **json.loads(path.read_text())}  # older files: ATen's
+            if all(saved.get(k) == v for k, v in expected.items()):
+                summaries[transductive] = saved
+                continue
+        except (OSError, ValueError):
+            pass
+        paths[transductive] = path
+    if paths:
+        resume = {mode: progress_file(path) for mode, path in paths.items()}
+        measured = trainer.evaluate_modes(
+            tuple(paths), num_tasks=tasks, resume_files=resume, shots=shots, progress=False
+        )
+        for mode, path in paths.items():
+            atomic_write_json(path, measured[mode])
+            resume[mode].unlink(missing_ok=True)
+            summaries[mode] = measured[mode]
+    return summaries
 
 
 def evaluate_cells(
     directory: Path, run: Path, data_dir: str | None, tasks: int, check_tasks: int
 ) -> list[dict]:
     """The four cells (1/5 shots x transductive or not) of the model in `directory`, copied
-    from `run`, whose directory keeps the cells' evaluations (`cell_summary`)."""
+    from `run`, whose directory keeps the cells' evaluations (`cell_summaries`)."""
     trainer = load_trainer(directory, data_dir=data_dir)
     rows = []
+    cells: dict[tuple[int, bool], dict] = {}
     for shots, transductive in CELLS:
         row: dict[str, Any] = {"shots": shots, "transductive": transductive}
         common = {"shots": shots, "transductive": transductive, "progress": False}
         if tasks:
-            summary = cell_summary(trainer, run, shots, transductive, tasks)
+            if (shots, transductive) not in cells:
+                found = cell_summaries(trainer, run, shots, tasks)
+                cells |= {(shots, mode): summary for mode, summary in found.items()}
+            summary = cells[shots, transductive]
             row.update(tasks=tasks, accuracy=summary["accuracy"], ci95=summary["ci95"])
             row.update(seconds=summary["seconds"], inner_batch=summary["inner_batch"])
+            if "modes_together" in summary:  # its seconds served both modes' fine-tuning
+                row["modes_together"] = summary["modes_together"]
         check = trainer.evaluate(num_tasks=check_tasks, keep_scores=True, **common)
         row["check"] = {
             "tasks": check_tasks,

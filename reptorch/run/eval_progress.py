@@ -95,8 +95,18 @@ class EvalProgress:
     def seconds(self) -> float:
         return sum(stage["seconds"] for stage in self.stages)
 
-    def add(self, scores: torch.Tensor, predictions: torch.Tensor) -> None:
-        """One finished chunk: its tasks' scores and predictions, saved at once."""
+    def add(
+        self, scores: torch.Tensor, predictions: torch.Tensor, first: int | None = None
+    ) -> None:
+        """One finished chunk: its tasks' scores and predictions, saved at once. `first`: the
+        list index of the chunk's first task (default: the next one due); tasks already saved
+        are skipped (a joint evaluation continues from the mode furthest behind)."""
+        skip = 0 if first is None else self.done - first
+        if skip < 0:
+            raise ValueError(f"chunk from task {first} leaves a gap after task {self.done}")
+        scores, predictions = scores[skip:], predictions[skip:]
+        if len(scores) == 0:
+            return
         self.scores += scores.tolist()
         self.predictions += predictions.tolist()
         self.dtype = str(predictions.dtype).removeprefix("torch.")

@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from torch import Tensor
+
 from reptorch.config import EVAL_INNER_STATES, TrainConfig
 from reptorch.errors import ConfigError, RunStopped
 from reptorch.evaluation import EvalResult, Evaluator, default_chunk, task_chunks
@@ -29,31 +31,65 @@ def evaluate_run(
     trainer: Trainer,
     split: str = "test",
     num_tasks: int | None = None,
+    resume_file: Path | None = None,
+    transductive: bool | None = None,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """The final evaluation of phi on `num_tasks` seeded tasks of `split` in one mode
+    (`transductive`; default: the run's): `evaluate_run_modes` says the rest.
+
+    resume_file: the tasks' results are saved there after every chunk, and an evaluation
+    stopped by SIGINT/SIGTERM (`RunStopped`) or killed continues from it
+    (`reptorch.run.eval_progress`; one process only); the file goes when it completes.
+    """
+    mode = trainer.config.transductive if transductive is None else transductive
+    resume = None if resume_file is None else {mode: resume_file}
+    summaries = evaluate_run_modes(
+        trainer, (mode,), split, num_tasks, resume_files=resume, **kwargs
+    )
+    return summaries[mode]
+
+
+def evaluate_run_modes(
+    trainer: Trainer,
+    modes: tuple[bool, ...],
+    split: str = "test",
+    num_tasks: int | None = None,
     seed: int | None = None,
     inner_state: str = "checkpoint",
     chunk: int | None = None,
     progress: bool = True,
     keep_scores: bool = False,
     keep_predictions: bool = False,
-    resume_file: Path | None = None,
+    resume_files: dict[bool, Path] | None = None,
     **spec_changes: Any,
-) -> dict[str, Any]:
-    """The final evaluation of phi on `num_tasks` seeded tasks of `split`: a summary (score
-    +- 95% interval, the settings, the time). With several processes each evaluates its
-    share of the task list; all get every task's results.
+) -> dict[bool, dict[str, Any]]:
+    """The final evaluation of phi on `num_tasks` seeded tasks of `split`, in each mode of
+    `modes` (transductive or not) from one fine-tuning per task: {mode: summary (score +- 95%
+    interval, the settings, the time)}. The modes differ only in how the queries are predicted,
+    so each summary is what the evaluation in that mode alone gives, task for task, in about
+    half the time for two; each has the time of the whole. With several processes each
+    evaluates its share of the task list; all get every task's results.
 
     inner_state: 'checkpoint' starts every task from the carried inner state saved with phi
     (the reference), 'zero' from a fresh one. `spec_changes` override `EvalSpec` fields.
     keep_scores: also every task's score (`"task_scores"`, in task order); keep_predictions:
     the `EvalResult` itself (`"result"`: scores and predictions as tensors).
-    resume_file: the tasks' results are saved there after every chunk, and an evaluation
-    stopped by SIGINT/SIGTERM (`RunStopped`) or killed continues from it
-    (`reptorch.run.eval_progress`; one process only); the file goes when it completes.
+    resume_files[mode]: that mode's progress file (`evaluate_run`'s resume_file; a joint
+    evaluation continues from the mode furthest behind and adds to each what it lacks).
     """
     c, group = trainer.config, trainer.group
+    if not modes or len(set(modes)) != len(modes):
+        raise ValueError(f"modes={modes!r}: give each of True / False at most once")
+    if c.is_regression and len(modes) > 1:
+        raise ConfigError(
+            f"{c.dataset} is a regression family: it has one evaluation mode (the queries' MSE), "
+            f"not transductive and non-transductive"
+        )
     request = {"split": split, "tasks": num_tasks, "seed": seed, "inner_state": inner_state}
-    group.agree("evaluation settings", {**request, **spec_changes})
-    spec = eval_spec(c, **spec_changes)
+    group.agree("evaluation settings", {**request, **spec_changes, "modes": list(modes)})
+    specs = [eval_spec(c, **spec_changes, transductive=mode) for mode in modes]
+    spec = specs[0]
     if num_tasks is None:  # the run's setting, or the reference's 10,000 if it skipped it
         num_tasks = c.eval_samples or TrainConfig().eval_samples
     seed = c.seed if seed is None else seed
@@ -73,50 +109,66 @@ def evaluate_run(
     shape = (1,) if c.is_regression else source.dataset.image_shape
     part = group.share(num_tasks)
     digest = model_digest(phi, state)  # sha256 of phi and the inner state evaluated
-    staged = None
-    if resume_file is not None and group.size == 1:
-        key = {**request, "tasks": num_tasks, "seed": seed, **dataclasses.asdict(spec)}
-        key |= {"dataset": c.dataset, "model": digest, "kernels": c.kernels}
-        staged = EvalProgress.open(resume_file, key)
-        part = range(staged.done, num_tasks)
+    staged: list[EvalProgress] = []
+    if resume_files is not None and group.size == 1:
+        for mode, mode_spec in zip(modes, specs):
+            key = {**request, "tasks": num_tasks, "seed": seed, **dataclasses.asdict(mode_spec)}
+            key |= {"dataset": c.dataset, "model": digest, "kernels": c.kernels}
+            staged.append(EvalProgress.open(resume_files[mode], key))
+        part = range(min(progress_.done for progress_ in staged), num_tasks)
     chunks = task_chunks(source, num_tasks, spec, seed, chunk or default_chunk(spec, shape), part)
-    with StopSignals(enabled=staged is not None) as stop:
-        result = evaluator.evaluate(
-            phi, state, chunks, len(part), progress and group.is_main,
-            on_chunk=None if staged is None else staged.add,
-            stop=lambda: stop.received is not None,
+    first = [part.start]  # the task list's index of the next chunk's first task
+
+    def save(rows: list[tuple[Tensor, Tensor]]) -> None:
+        for progress_, (predicted, score) in zip(staged, rows):
+            progress_.add(score, predicted, first[0])
+        first[0] += len(rows[0][1])
+
+    with StopSignals(enabled=bool(staged)) as stop:
+        results = evaluator.evaluate_modes(
+            phi, state, chunks, len(part), modes, progress and group.is_main,
+            on_chunk=save if staged else None, stop=lambda: stop.received is not None,
         )  # fmt: skip
-    if staged is not None:
-        if staged.done < num_tasks:  # stopped by a signal between chunks
+    if staged:
+        done = min(progress_.done for progress_ in staged)
+        if done < num_tasks:  # stopped by a signal between chunks
+            saved = ", ".join(str(progress_.path) for progress_ in staged)
             raise RunStopped(
-                f"evaluation stopped by {stop.name} after {staged.done:,} of {num_tasks:,} "
-                f"tasks; saved in {resume_file}: rerun the same command to continue",
+                f"evaluation stopped by {stop.name} after {done:,} of {num_tasks:,} "
+                f"tasks; saved in {saved}: rerun the same command to continue",
                 int(stop.received or 0),
             )
-        scores, predictions = staged.tensors()
-        result = EvalResult(scores, predictions, result.metric, staged.seconds)
-    if group.size > 1:
-        gathered = [
-            group.gather_rows(rows, "the evaluation's results")
-            for rows in (result.scores, result.predictions)
+        results = [
+            EvalResult(*progress_.tensors(), result.metric, progress_.seconds)
+            for progress_, result in zip(staged, results)
         ]
-        result = EvalResult(*gathered, result.metric, time.perf_counter() - result.started)
-    summary = result.summary(spec, split, seed)
-    summary.update(
-        dataset=c.dataset,
-        iteration=trainer.learner.iteration,
-        model=digest,
-        kernels=c.kernels,  # the blocks' passes (float rounding; `TrainConfig.kernels`)
-        eval_inner_state=inner_state,
-        tasks_per_second=round(result.scores.numel() / max(result.seconds, 1e-9), 1),
-    )
-    if staged is not None and len(staged.stages) > 1:
-        summary["stages"] = staged.stages  # the sessions it took, their tasks and seconds
-    if keep_scores:
-        summary["task_scores"] = result.scores.tolist()
-    if keep_predictions:
-        summary["result"] = result
-    return summary
+    summaries = {}
+    for j, (mode, mode_spec, result) in enumerate(zip(modes, specs, results)):
+        if group.size > 1:
+            gathered = [
+                group.gather_rows(rows, "the evaluation's results")
+                for rows in (result.scores, result.predictions)
+            ]
+            result = EvalResult(*gathered, result.metric, time.perf_counter() - result.started)
+        summary = result.summary(mode_spec, split, seed)
+        summary.update(
+            dataset=c.dataset,
+            iteration=trainer.learner.iteration,
+            model=digest,
+            kernels=c.kernels,  # the blocks' passes (float rounding; `TrainConfig.kernels`)
+            eval_inner_state=inner_state,
+            tasks_per_second=round(result.scores.numel() / max(result.seconds, 1e-9), 1),
+        )
+        if len(modes) > 1:  # one fine-tuning per task served every mode in this time
+            summary["modes_together"] = ["transductive" if m else "non-transductive" for m in modes]
+        if staged and len(staged[j].stages) > 1:
+            summary["stages"] = staged[j].stages  # the sessions it took, their tasks and seconds
+        if keep_scores:
+            summary["task_scores"] = result.scores.tolist()
+        if keep_predictions:
+            summary["result"] = result
+        summaries[mode] = summary
+    return summaries
 
 
 def _eval_source(trainer: Trainer, split: str, ways: int) -> Any:

@@ -51,7 +51,7 @@ from reptorch.functional import FunctionalModel
 from reptorch.inner_optim import AdamState, clone_state, make_inner_optimizer
 from reptorch.run.checkpoint import Checkpoint, save_checkpoint
 from reptorch.run.directory import open_run, read_run, recorded_config
-from reptorch.run.final_evaluation import evaluate_run
+from reptorch.run.final_evaluation import evaluate_run, evaluate_run_modes
 from reptorch.run.metrics_log import MetricsLog
 from reptorch.run.setup import (
     build_learner,
@@ -344,6 +344,12 @@ class Trainer:
         +- 95% interval, the settings, the time); `reptorch.run.final_evaluation.evaluate_run`
         says the rest."""
         return evaluate_run(self, split, num_tasks, **kwargs)
+
+    def evaluate_modes(self, modes: tuple[bool, ...], split: str = "test", **kwargs: Any):
+        """`evaluate` in each mode of `modes` (transductive or not) from one fine-tuning per
+        task: {mode: summary}, each what `evaluate` in that mode gives
+        (`reptorch.run.final_evaluation.evaluate_run_modes`)."""
+        return evaluate_run_modes(self, modes, split, **kwargs)
 
 
 def load_trainer(
