@@ -22,6 +22,7 @@ LONG_TIER: dict[str, tuple[str, ...] | None] = {
     "test_demo_static.py": None,  # the static export in Chromium
     "test_pretrained.py": (  # the card's per-task scores, 100 tasks per cell
         "test_evaluation_reproduces_the_cards_per_task_scores",
+        "test_both_modes_at_once_reproduce_the_cards_per_task_scores",
         "test_eval_cli_with_model_prints_the_cards_figure",
     ),
     "test_resume.py": ("test_sigkill_and_resume_is_bit_identical",),

@@ -65,6 +65,20 @@ def test_evaluation_reproduces_the_cards_per_task_scores(trainer, shots, transdu
     assert summary["accuracy"] == pytest.approx(check["accuracy"], abs=1e-12)
 
 
+@pytest.mark.parametrize("shots", [1, 5])
+def test_both_modes_at_once_reproduce_the_cards_per_task_scores(trainer, shots):
+    """The card's checks were measured one mode at a time; one fine-tuning per task for both
+    gives the same scores, task for task."""
+    card = pretrained.load(NAME).card
+    rows = {r["transductive"]: r["check"] for r in card["results"] if r["shots"] == shots}
+    tasks, seed = rows[False]["tasks"], rows[False]["seed"]
+    both = trainer.evaluate_modes(
+        (False, True), num_tasks=tasks, seed=seed, shots=shots, keep_scores=True, progress=False
+    )
+    for mode in (False, True):
+        assert both[mode]["task_scores"] == rows[mode]["task_scores"]
+
+
 def test_eval_cli_with_model_prints_the_cards_figure(shared_data, capsys):
     card = pretrained.load(NAME).card
     (row,) = [r for r in card["results"] if (r["shots"], r["transductive"]) == (5, True)]

@@ -19,8 +19,8 @@ def run(tmp_path, shared_data):
 
 @pytest.fixture()
 def calls(monkeypatch) -> list:
-    """The task counts of every `Trainer.evaluate` call (a check) and the (modes, tasks) of
-    every `Trainer.evaluate_modes` call (a shot's cells) from now on."""
+    """The task counts of every `Trainer.evaluate` call and the (modes, tasks) of every
+    `Trainer.evaluate_modes` call (a shot's cells, or its checks) from now on."""
     seen: list = []
     evaluate, evaluate_modes = Trainer.evaluate, Trainer.evaluate_modes
 
@@ -41,8 +41,8 @@ def test_export_writes_the_card_and_reuses_the_runs_cells(run, tmp_path, monkeyp
     monkeypatch.setattr(export, "MODELS_DIR", tmp_path / "models")
     (tmp_path / "models").mkdir()
     assert export.main([str(run), "--name", "tiny", "--tasks", "4", "--check-tasks", "2"]) == 0
-    both = ((False, True), 4)  # a shot's two cells, from one fine-tuning per task
-    assert calls == [both, 2, both, 2, 2, 2]  # 1-shot cells, a check, 5-shot cells, 3 checks
+    cells, checks = ((False, True), 4), ((False, True), 2)  # a shot's two modes at once
+    assert calls == [cells, checks, cells, checks]  # 1-shot, then 5-shot
     card = json.loads((tmp_path / "models" / "tiny" / "card.json").read_text())
     cells = {(r["shots"], r["transductive"]): r for r in card["results"]}
     assert set(cells) == {(1, False), (5, False), (1, True), (5, True)}
@@ -53,7 +53,7 @@ def test_export_writes_the_card_and_reuses_the_runs_cells(run, tmp_path, monkeyp
 
     calls.clear()
     assert export.main([str(run), "--name", "tiny", "--tasks", "4", "--check-tasks", "2"]) == 0
-    assert calls == [2] * 4  # the cells came from the run directory
+    assert calls == [checks, checks]  # the cells came from the run directory
     again = json.loads((tmp_path / "models" / "tiny" / "card.json").read_text())
     assert again["results"] == card["results"]
     assert not list(run.glob("*.progress.json"))
@@ -75,4 +75,4 @@ def test_cells_saved_before_the_kernels_field_count_as_atens(
         path.write_text(json.dumps(summary))
     calls.clear()
     assert export.main(command) == 0
-    assert calls == [2] * 4  # the four cells reused, only the checks run
+    assert calls == [((False, True), 2)] * 2  # the four cells reused, only the checks run

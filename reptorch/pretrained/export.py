@@ -149,32 +149,33 @@ def evaluate_cells(
     directory: Path, run: Path, data_dir: str | None, tasks: int, check_tasks: int
 ) -> list[dict]:
     """The four cells (1/5 shots x transductive or not) of the model in `directory`, copied
-    from `run`, whose directory keeps the cells' evaluations (`cell_summaries`)."""
+    from `run`, whose directory keeps the cells' evaluations (`cell_summaries`), each with
+    its per-task check; a shot's two modes from one fine-tuning per task."""
     trainer = load_trainer(directory, data_dir=data_dir)
-    rows = []
-    cells: dict[tuple[int, bool], dict] = {}
-    for shots, transductive in CELLS:
-        row: dict[str, Any] = {"shots": shots, "transductive": transductive}
-        common = {"shots": shots, "transductive": transductive, "progress": False}
-        if tasks:
-            if (shots, transductive) not in cells:
-                found = cell_summaries(trainer, run, shots, tasks)
-                cells |= {(shots, mode): summary for mode, summary in found.items()}
-            summary = cells[shots, transductive]
-            row.update(tasks=tasks, accuracy=summary["accuracy"], ci95=summary["ci95"])
-            row.update(seconds=summary["seconds"], inner_batch=summary["inner_batch"])
-            if "modes_together" in summary:  # its seconds served both modes' fine-tuning
-                row["modes_together"] = summary["modes_together"]
-        check = trainer.evaluate(num_tasks=check_tasks, keep_scores=True, **common)
-        row["check"] = {
-            "tasks": check_tasks,
-            "seed": check["seed"],
-            "accuracy": check["accuracy"],
-            "task_scores": check["task_scores"],
-        }
-        print(json.dumps({k: v for k, v in row.items() if k != "check"}), flush=True)
-        rows.append(row)
-    return rows
+    rows: dict[tuple[int, bool], dict[str, Any]] = {}
+    for shots in sorted({shots for shots, _ in CELLS}):
+        cells = cell_summaries(trainer, run, shots, tasks) if tasks else {}
+        checks = trainer.evaluate_modes(
+            (False, True), num_tasks=check_tasks, keep_scores=True, shots=shots, progress=False
+        )
+        for transductive in (False, True):
+            row: dict[str, Any] = {"shots": shots, "transductive": transductive}
+            if tasks:
+                summary = cells[transductive]
+                row.update(tasks=tasks, accuracy=summary["accuracy"], ci95=summary["ci95"])
+                row.update(seconds=summary["seconds"], inner_batch=summary["inner_batch"])
+                if "modes_together" in summary:  # its seconds served both modes' fine-tuning
+                    row["modes_together"] = summary["modes_together"]
+            check = checks[transductive]
+            row["check"] = {
+                "tasks": check_tasks,
+                "seed": check["seed"],
+                "accuracy": check["accuracy"],
+                "task_scores": check["task_scores"],
+            }
+            print(json.dumps({k: v for k, v in row.items() if k != "check"}), flush=True)
+            rows[shots, transductive] = row
+    return [rows[cell] for cell in CELLS]
 
 
 def card_markdown(card: dict[str, Any]) -> str:
