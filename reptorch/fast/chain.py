@@ -11,7 +11,9 @@ path: the same kernels on the same numbers, only fewer copies (tests/test_fast.p
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import threading
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -20,12 +22,28 @@ from reptorch.fast.flat import FlatLayout, from_gemm_views, to_gemm
 from reptorch.inner_optim import SGD, Adam, AdamState, SGDState
 from reptorch.tree import Params
 
-if TYPE_CHECKING:
-    from reptorch.fast.oracle import ConvNetOracle
+
+class ChainRunner(Protocol):
+    """What the chain needs of an oracle (`reptorch.fast.oracle.ConvNetOracle`): its plan, its
+    lock, and its two ways of running one task's k steps in place on flat buffers."""
+
+    _busy: threading.Lock
+
+    def hyper(self, optimizer: Adam | SGD, weight_decay: float, batch: int) -> list[float]: ...
+
+    def plan(self, tasks: int, batch: int, workers: int) -> tuple[str, int]: ...
+
+    def _workers(self, x: Tensor) -> int: ...
+
+    def _adapt_by_images(self, layout, flat, m, v, xs, ys, hyper, step0, size) -> Tensor: ...
+
+    def _adapt_by_tasks(
+        self, layout, flat, m, v, xs, ys, hyper, step0, per_item, fill: Callable[[slice], None]
+    ) -> Tensor: ...
 
 
 def adapt_chain(
-    oracle: ConvNetOracle,
+    oracle: ChainRunner,
     phi: Params,
     xs: Tensor,
     ys: Tensor,

@@ -11,24 +11,38 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from reptorch.config import EVAL_INNER_STATES, TrainConfig
+from reptorch.distributed import Group
 from reptorch.errors import ConfigError, RunStopped
 from reptorch.evaluation import EvalResult, Evaluator, default_chunk, task_chunks
 from reptorch.fast import fused
+from reptorch.inner_optim import InnerOptimizer
+from reptorch.losses import LossFn
+from reptorch.meta import MetaLearner
 from reptorch.run.eval_progress import EvalProgress, model_digest
 from reptorch.run.setup import eval_spec
 from reptorch.run.stop_signals import StopSignals
 
-if TYPE_CHECKING:
-    from reptorch.run.training import Trainer
+
+class TrainedRun(Protocol):
+    """What an evaluation reads of a run (`reptorch.run.training.Trainer` has it all)."""
+
+    config: TrainConfig
+    group: Group
+    sources: dict[str, Any]  # split -> task source
+    learner: MetaLearner  # phi, the carried inner state, the iteration
+    inner: InnerOptimizer
+    module: nn.Module
+    loss_fn: LossFn
+    workers: int | None
 
 
 def evaluate_run(
-    trainer: Trainer,
+    trainer: TrainedRun,
     split: str = "test",
     num_tasks: int | None = None,
     resume_file: Path | None = None,
@@ -51,7 +65,7 @@ def evaluate_run(
 
 
 def evaluate_run_modes(
-    trainer: Trainer,
+    trainer: TrainedRun,
     modes: tuple[bool, ...],
     split: str = "test",
     num_tasks: int | None = None,
@@ -171,7 +185,7 @@ def evaluate_run_modes(
     return summaries
 
 
-def _eval_source(trainer: Trainer, split: str, ways: int) -> Any:
+def _eval_source(trainer: TrainedRun, split: str, ways: int) -> Any:
     """The task source of `split`, for `ways`-way tasks (at most the network's outputs)."""
     c = trainer.config
     if split not in trainer.sources:
