@@ -129,3 +129,14 @@ def test_cli_both_modes_excludes_a_mode(run, capsys):
         main(["eval", "--checkpoint", str(run), "--both-modes", "--transductive"])
     assert error.value.code == 2
     assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_a_regression_run_has_one_mode(tmp_path, capsys):
+    run = tmp_path / "sine"
+    argv = ["train", "--dataset", "sine", "--meta-iters", "1", "--eval-samples", "0"]
+    assert main([*argv, "--checkpoint", str(run), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(run), "--both-modes", "--eval-samples", "2"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "without --both-modes" in err
+    assert not list(run.glob("eval-*"))  # nothing half-written

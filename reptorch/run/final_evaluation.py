@@ -97,8 +97,8 @@ def evaluate_run_modes(
         raise ValueError(f"modes={modes!r}: give each of True / False at most once")
     if c.is_regression and len(modes) > 1:
         raise ConfigError(
-            f"{c.dataset} is a regression family: it has one evaluation mode (the queries' MSE), "
-            f"not transductive and non-transductive"
+            f"{c.dataset} is a regression family with one evaluation mode (the queries' MSE), "
+            f"not transductive and non-transductive: evaluate it without --both-modes"
         )
     request = {"split": split, "tasks": num_tasks, "seed": seed, "inner_state": inner_state}
     group.agree("evaluation settings", {**request, **spec_changes, "modes": list(modes)})
