@@ -27,6 +27,8 @@ from reptorch.run.eval_progress import EvalProgress, model_digest
 from reptorch.run.setup import eval_spec
 from reptorch.run.stop_signals import StopSignals
 
+MODE_NAMES = {False: "non-transductive", True: "transductive"}
+
 
 class TrainedRun(Protocol):
     """What an evaluation reads of a run (`reptorch.run.training.Trainer` has it all)."""
@@ -125,17 +127,19 @@ def evaluate_run_modes(
     digest = model_digest(phi, state)  # sha256 of phi and the inner state evaluated
     staged: list[EvalProgress] = []
     if resume_files is not None and group.size == 1:
-        for mode, mode_spec in zip(modes, specs):
-            key = {**request, "tasks": num_tasks, "seed": seed, **dataclasses.asdict(mode_spec)}
-            key |= {"dataset": c.dataset, "model": digest, "kernels": c.kernels}
-            staged.append(EvalProgress.open(resume_files[mode], key))
-        part = range(min(progress_.done for progress_ in staged), num_tasks)
+        key = {**request, "tasks": num_tasks, "seed": seed}
+        key |= {"dataset": c.dataset, "model": digest, "kernels": c.kernels}
+        staged = [
+            EvalProgress.open(resume_files[mode], key | dataclasses.asdict(mode_spec))
+            for mode, mode_spec in zip(modes, specs)
+        ]
+        part = range(min(saved.done for saved in staged), num_tasks)
     chunks = task_chunks(source, num_tasks, spec, seed, chunk or default_chunk(spec, shape), part)
     first = [part.start]  # the task list's index of the next chunk's first task
 
     def save(rows: list[tuple[Tensor, Tensor]]) -> None:
-        for progress_, (predicted, score) in zip(staged, rows):
-            progress_.add(score, predicted, first[0])
+        for saved, (predicted, score) in zip(staged, rows):
+            saved.add(score, predicted, first[0])
         first[0] += len(rows[0][1])
 
     with StopSignals(enabled=bool(staged)) as stop:
@@ -144,17 +148,17 @@ def evaluate_run_modes(
             on_chunk=save if staged else None, stop=lambda: stop.received is not None,
         )  # fmt: skip
     if staged:
-        done = min(progress_.done for progress_ in staged)
+        done = min(saved.done for saved in staged)
         if done < num_tasks:  # stopped by a signal between chunks
-            saved = ", ".join(str(progress_.path) for progress_ in staged)
+            paths = ", ".join(str(saved.path) for saved in staged)
             raise RunStopped(
                 f"evaluation stopped by {stop.name} after {done:,} of {num_tasks:,} "
-                f"tasks; saved in {saved}: rerun the same command to continue",
+                f"tasks; saved in {paths}: rerun the same command to continue",
                 int(stop.received or 0),
             )
         results = [
-            EvalResult(*progress_.tensors(), result.metric, progress_.seconds)
-            for progress_, result in zip(staged, results)
+            EvalResult(*saved.tensors(), result.metric, saved.seconds)
+            for saved, result in zip(staged, results)
         ]
     summaries = {}
     for j, (mode, mode_spec, result) in enumerate(zip(modes, specs, results)):
@@ -174,7 +178,7 @@ def evaluate_run_modes(
             tasks_per_second=round(result.scores.numel() / max(result.seconds, 1e-9), 1),
         )
         if len(modes) > 1:  # one fine-tuning per task served every mode in this time
-            summary["modes_together"] = ["transductive" if m else "non-transductive" for m in modes]
+            summary["modes_together"] = [MODE_NAMES[m] for m in modes]
         if staged and len(staged[j].stages) > 1:
             summary["stages"] = staged[j].stages  # the sessions it took, their tasks and seconds
         if keep_scores:
