@@ -114,13 +114,16 @@ def test_a_joint_evaluation_continues_a_single_modes_progress(run, alone, tmp_pa
 
 def test_cli_both_modes_saves_each_modes_file(run, alone, capsys):
     base = ["eval", "--checkpoint", str(run), "--eval-samples", "10", "--no-progress"]
-    assert main([*base, "--both-modes", "--chunk", "4"]) == 0
-    out = capsys.readouterr().out
-    assert "non-transductive" in out and ", transductive," in out
+    assert main([*base, "--both-modes", "--chunk", "4", "--json"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert "non-transductive" in out[0] and ", transductive," in out[1]
+    printed = json.loads(out[-1])  # one object, last: each mode's summary by name
+    assert set(printed) == {"non-transductive", "transductive"}
     for mode, name in ((False, "nontransductive"), (True, "transductive")):
         saved = json.loads((run / f"eval-{name}-test.json").read_text())
         assert saved["transductive"] is mode and saved["tasks"] == 10
         assert saved["accuracy"] == pytest.approx(alone[mode].scores.mean().item(), rel=1e-12)
+        assert printed["transductive" if mode else "non-transductive"] == saved
     assert not list(run.glob("*.progress.json"))
 
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from reptorch import distributed
 from reptorch.chain_threads import cpu_threads
 from reptorch.run.directory import progress_file, run_eval_file
+from reptorch.run.final_evaluation import MODE_NAMES
 from reptorch.run.io import atomic_write_json
 
 if TYPE_CHECKING:
@@ -50,16 +51,14 @@ def describe(summary: dict[str, Any]) -> str:
     )
 
 
-def report(summary: dict[str, Any], path: Path | None, as_json: bool) -> None:
-    """Prints the summary (and JSON last if asked) and saves it to `path`, if given."""
+def report(summary: dict[str, Any], path: Path | None) -> None:
+    """Prints the summary's line and saves it to `path`, if given."""
     print(describe(summary))
     if path is not None:
         try:
             atomic_write_json(path, summary)
         except OSError as error:  # a read-only run directory still evaluates
             print(f"note: could not save the evaluation in {path}: {error}", file=sys.stderr)
-    if as_json:
-        print(json.dumps(summary))
 
 
 def evaluate_and_report(
@@ -89,7 +88,10 @@ def evaluate_and_report(
     summaries = trainer.evaluate_modes(chosen, resume_files=resume, **request)
     if group.is_main:
         for mode in chosen:
-            report(summaries[mode], paths.get(mode), as_json)
+            report(summaries[mode], paths.get(mode))
+        if as_json:  # one object, last: the summary, or {mode name: summary} for both modes
+            named = {MODE_NAMES[mode]: summaries[mode] for mode in chosen}
+            print(json.dumps(summaries[chosen[0]] if len(chosen) == 1 else named))
     for path in (resume or {}).values():
         path.unlink(missing_ok=True)
 

@@ -60,7 +60,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--chunk", type=int, help="tasks evaluated at once (default: automatic)")
     parser.add_argument("--data-dir", help="data root (default: the run's)")
     parser.add_argument("--device", help="torch device (default: the run's)")
-    parser.add_argument("--json", action="store_true", help="print one JSON object as last line")
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object as last line (with --both-modes: {mode: summary})",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_dist_timeout(parser)
     parser.set_defaults(func=run)
