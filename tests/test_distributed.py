@@ -215,6 +215,7 @@ def test_shared_evaluation_predicts_what_one_process_predicts(runs, shared_data,
     cli = start(torchrun(2, "-m", "reptorch", *argv, "--no-progress"))
     finish(shared)
     output = finish(cli)
+    both = finish(start(torchrun(2, "-m", "reptorch", *argv, "--no-progress", "--both-modes")))
 
     trainer = load_trainer(run, "cpu", str(shared_data), 1)
     saved = torch.load(out)
@@ -230,6 +231,10 @@ def test_shared_evaluation_predicts_what_one_process_predicts(runs, shared_data,
     for key in ("accuracy", "ci95", "tasks", "seed", "split"):
         assert last_json(output)[key] == single[key], key
     assert output.count('"accuracy"') == 1  # rank 0 alone reports
+    for mode, name in ((False, "non-transductive"), (True, "transductive")):  # one fine-tuning
+        alone = trainer.evaluate(num_tasks=9, seed=3, progress=False, transductive=mode)
+        for key in ("accuracy", "ci95", "tasks", "transductive"):
+            assert last_json(both)[name][key] == alone[key], (name, key)
 
 
 def test_sigkill_of_a_worker_restarts_the_group_from_the_checkpoint(runs, shared_data, tmp_path):
