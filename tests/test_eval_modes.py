@@ -112,6 +112,18 @@ def test_a_joint_evaluation_continues_a_single_modes_progress(run, alone, tmp_pa
     assert "stages" not in both[True]  # one stage: all 10 tasks
 
 
+def test_a_single_mode_continues_a_joint_evaluations_progress(run, alone, tmp_path, monkeypatch):
+    files = {m: tmp_path / f"eval-{m}.progress.json" for m in (False, True)}
+    trainer = load_trainer(run)
+    _stop_after(2, monkeypatch)
+    with pytest.raises(RunStopped):
+        trainer.evaluate_modes((False, True), resume_files=files, **REQUEST)
+    monkeypatch.undo()
+    own = trainer.evaluate(transductive=True, resume_file=files[True], **REQUEST)
+    _same(own["result"], alone[True])
+    assert [s["tasks"] for s in own["stages"]] == [6, 4]
+
+
 def test_cli_both_modes_saves_each_modes_file(run, alone, capsys):
     base = ["eval", "--checkpoint", str(run), "--eval-samples", "10", "--no-progress"]
     assert main([*base, "--both-modes", "--chunk", "4", "--json"]) == 0
