@@ -205,3 +205,59 @@ def test_batchnorm_coefficients_are_bitwise_the_kernels_expressions(shape, dtype
     expected = (dgamma, ca, ca * r * dgamma * (-1.0 / m_all), ca * dbeta * (-1.0 / m_all))
     for ours, theirs in zip(ops.bn_coefficients(total, r, g, m_all), expected, strict=True):
         assert torch.equal(ours, theirs)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(
+    "n, ho, wo, c, stride", [(10, 7, 7, 64, 2), (20, 4, 4, 64, 2), (3, 5, 4, 5, 1), (1, 1, 1, 3, 2)]
+)
+def test_col2im_is_bitwise_the_nine_strided_adds(n, ho, wo, c, stride, dtype):
+    """One pass, each element's taps added in PyTorch's tap order from +0.0: the same bits as
+    `KernelPrimitives._col2im` (adds only, so on any machine), -0.0 included."""
+    from reptorch.fast.primitives import KernelPrimitives
+
+    gen = torch.Generator().manual_seed(7)
+    dcols = torch.randn(n, ho, wo, 3, 3, c, generator=gen, dtype=dtype)
+    dcols[0, 0, 0, 0, 0, 0] = -0.0  # 0.0 + -0.0 is +0.0 in both
+    hp, wp = stride * (ho - 1) + 3, stride * (wo - 1) + 3
+    expected = KernelPrimitives(stride, False, 4, 1e-3, False)._col2im(dcols, hp, wp, "dxp")
+    dxp = torch.full((n, hp, wp, c), float("nan"), dtype=dtype)  # every element is written
+    ops.col2im(dcols, stride, dxp)
+    assert torch.equal(dxp, expected)
+    assert not torch.signbit(dxp[0, 0, 0, 0])
+    with pytest.raises(Exception, match="dxp must hold every tap"):
+        ops.col2im(dcols, stride, dxp[:, :-1].contiguous())
+
+
+@pytest.mark.parametrize("ways, images", [(5, 10), (20, 10)])
+def test_the_native_col2im_keeps_the_fused_kernels_bits(ways, images):
+    """Omniglot's fused step with the native col2im against the same step with PyTorch's nine
+    adds: bitwise the same loss and gradients, so runs on the fused passes keep their
+    trajectories."""
+    from reptorch.fast.oracle import spec_for, to_gemm
+    from reptorch.fast.primitives import KernelPrimitives
+    from reptorch.models import OmniglotNet
+
+    class NineAdds(fused.FusedKernel):
+        _col2im = KernelPrimitives._col2im
+
+    torch.manual_seed(0)
+    net = OmniglotNet(ways)
+    spec = spec_for(net)
+    shape = (spec.stride, spec.pool, spec.layers, spec.eps, spec.native_convolutions())
+    names = spec.names()
+    params = {
+        k: to_gemm(k, v.detach()[None].clone(), batched=True) for k, v in net.named_parameters()
+    }
+    x = torch.rand(1, images, 1, 28, 28)
+    y = torch.randint(0, ways, (1, images))
+    results = []
+    for kind in (fused.FusedKernel, NineAdds):
+        kernel = torch.jit.script(kind(*shape))
+        grads = [torch.empty_like(params[k]) for k in names]
+        call = ([params[k] for k in names], [x], [y], [grads], True, -1, 0, 0, images, 1.0)
+        results.append((kernel.loss_and_grad(*call), grads))
+    (loss, grads), (loss_adds, grads_adds) = results
+    assert torch.equal(loss[0], loss_adds[0])
+    for name, ours, theirs in zip(names, grads, grads_adds, strict=True):
+        assert torch.equal(ours, theirs), name

@@ -5,7 +5,8 @@ first layer streams 4.5 MB activations per worker and step, bandwidth-bound, abo
 pool backward alone zero-fills a full-size buffer and scatters into it); Omniglot's small
 activations pay a few microseconds of overhead per op, and a slow strided ReLU backward. The
 native ops take one pass each: BatchNorm's moments, BatchNorm + ReLU (+ pool) forward, the
-backward's two BatchNorm sums, and dL/dz. Same maths as the ATen path; the per-channel sums
+backward's two BatchNorm sums, and dL/dz; and im2col's adjoint, nine strided adds in PyTorch,
+in one (bitwise the same). Same maths as the ATen path; the per-channel sums
 accumulate in double, so results differ from it by float rounding (`csrc/fused.h` says which
 passes are bitwise ATen's).
 
@@ -26,7 +27,12 @@ from reptorch.fast.native import load
 _SELECTED = ["aten"]  # this process's choice (`select`), read where a network's spec is made
 
 
-SOURCES = ("fused_moments.cpp", "fused_pooled.cpp", "fused_plain.cpp")  # + fused.h
+SOURCES = (
+    "fused_moments.cpp",
+    "fused_pooled.cpp",
+    "fused_plain.cpp",
+    "fused_col2im.cpp",
+)  # + fused.h
 
 
 def flags() -> tuple[str, ...]:
@@ -86,6 +92,12 @@ class FusedOps:
         self, gy: Tensor, y: Tensor, z: Tensor, ca: Tensor, cb: Tensor, cc: Tensor, dz: Tensor
     ) -> None:
         torch.ops.reptorch_fused.bn_dz(gy, y, z, ca, cb, cc, dz)
+
+    def _col2im(self, dcols: Tensor, hp: int, wp: int, key: str) -> Tensor:
+        """The nine taps in one pass, bitwise the nine strided adds (`csrc/fused_col2im.cpp`)."""
+        dxp = self._buf(key, [dcols.size(0), hp, wp, dcols.size(5)], dcols)
+        torch.ops.reptorch_fused.col2im(dcols, self.stride, dxp)
+        return dxp
 
     def _relu_pool(
         self, z: Tensor, scale: Tensor, beta: Tensor, n: int, h: int, w: int, key: str
