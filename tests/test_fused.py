@@ -225,20 +225,38 @@ def test_col2im_is_bitwise_the_nine_strided_adds(n, ho, wo, c, stride, dtype):
     ops.col2im(dcols, stride, dxp)
     assert torch.equal(dxp, expected)
     assert not torch.signbit(dxp[0, 0, 0, 0])
-    with pytest.raises(Exception, match="dxp must hold every tap"):
+    with pytest.raises(Exception, match="dxp must hold every window of dcols"):
         ops.col2im(dcols, stride, dxp[:, :-1].contiguous())
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(
+    "n, ho, wo, c, stride", [(10, 14, 14, 1, 2), (10, 7, 7, 64, 2), (3, 5, 4, 5, 1)]
+)
+def test_im2col_is_the_strided_copy(n, ho, wo, c, stride, dtype):
+    from reptorch.fast.primitives import KernelPrimitives
+
+    hp, wp = stride * (ho - 1) + 3, stride * (wo - 1) + 3
+    ap = torch.randn(n, hp, wp, c, generator=torch.Generator().manual_seed(8), dtype=dtype)
+    expected = KernelPrimitives(stride, False, 4, 1e-3, False)._im2col(ap, ho, wo, "cols")
+    cols = torch.full((n, ho, wo, 3, 3, c), float("nan"), dtype=dtype)
+    ops.im2col(ap, stride, cols)
+    assert torch.equal(cols, expected)
+    with pytest.raises(Exception, match="ap must hold every window of cols"):
+        ops.im2col(ap[:, :-1].contiguous(), stride, cols)
+
+
 @pytest.mark.parametrize("ways, images", [(5, 10), (20, 10)])
-def test_the_native_col2im_keeps_the_fused_kernels_bits(ways, images):
-    """Omniglot's fused step with the native col2im against the same step with PyTorch's nine
-    adds: bitwise the same loss and gradients, so runs on the fused passes keep their
-    trajectories."""
+def test_the_native_im2col_and_col2im_keep_the_fused_kernels_bits(ways, images):
+    """Omniglot's fused step with the native im2col and col2im against the same step with
+    PyTorch's strided copy and nine adds: bitwise the same loss and gradients, so runs on the
+    fused passes keep their trajectories."""
     from reptorch.fast.oracle import spec_for, to_gemm
     from reptorch.fast.primitives import KernelPrimitives
     from reptorch.models import OmniglotNet
 
     class NineAdds(fused.FusedKernel):
+        _im2col = KernelPrimitives._im2col
         _col2im = KernelPrimitives._col2im
 
     torch.manual_seed(0)

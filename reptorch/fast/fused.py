@@ -5,8 +5,8 @@ first layer streams 4.5 MB activations per worker and step, bandwidth-bound, abo
 pool backward alone zero-fills a full-size buffer and scatters into it); Omniglot's small
 activations pay a few microseconds of overhead per op, and a slow strided ReLU backward. The
 native ops take one pass each: BatchNorm's moments, BatchNorm + ReLU (+ pool) forward, the
-backward's two BatchNorm sums, and dL/dz; and im2col's adjoint, nine strided adds in PyTorch,
-in one (bitwise the same). Same maths as the ATen path; the per-channel sums
+backward's two BatchNorm sums, and dL/dz; and im2col and its adjoint (nine strided adds in
+PyTorch), one pass each, bitwise the same. Same maths as the ATen path; the per-channel sums
 accumulate in double, so results differ from it by float rounding (`csrc/fused.h` says which
 passes are bitwise ATen's).
 
@@ -31,7 +31,7 @@ SOURCES = (
     "fused_moments.cpp",
     "fused_pooled.cpp",
     "fused_plain.cpp",
-    "fused_col2im.cpp",
+    "fused_im2col.cpp",
 )  # + fused.h
 
 
@@ -93,8 +93,14 @@ class FusedOps:
     ) -> None:
         torch.ops.reptorch_fused.bn_dz(gy, y, z, ca, cb, cc, dz)
 
+    def _im2col(self, ap: Tensor, ho: int, wo: int, key: str) -> Tensor:
+        """One pass (`csrc/fused_im2col.cpp`): a copy, so the same values."""
+        cols = self._buf(key, [ap.size(0), ho, wo, 3, 3, ap.size(3)], ap)
+        torch.ops.reptorch_fused.im2col(ap, self.stride, cols)
+        return cols
+
     def _col2im(self, dcols: Tensor, hp: int, wp: int, key: str) -> Tensor:
-        """The nine taps in one pass, bitwise the nine strided adds (`csrc/fused_col2im.cpp`)."""
+        """The nine taps in one pass, bitwise the nine strided adds (`csrc/fused_im2col.cpp`)."""
         dxp = self._buf(key, [dcols.size(0), hp, wp, dcols.size(5)], dcols)
         torch.ops.reptorch_fused.col2im(dcols, self.stride, dxp)
         return dxp

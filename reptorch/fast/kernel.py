@@ -124,13 +124,7 @@ class ConvNetKernel(KernelPrimitives):
                     cols = a
                     z = self._conv(a, weight, gemm, t, b, _key("z" + str(i), s))
                 else:
-                    st = self.stride
-                    # im2col: the (kh, kw, c) patch of every output position, one strided copy.
-                    patches = ap.as_strided(
-                        [n, ho, wo, 3, 3, c], [hp * wp * c, st * wp * c, st * c, wp * c, c, 1]
-                    )
-                    cols = self._buf(_key("cols" + str(i), s), [n, ho, wo, 3, 3, c], a)
-                    cols.copy_(patches)
+                    cols = self._im2col(ap, ho, wo, _key("cols" + str(i), s))
                     if gemm:
                         wm = weight.reshape(t, 9 * c, o)
                     else:

@@ -1,5 +1,5 @@
-"""The layer primitives of the fast kernels: scratch buffers, 'same' padding, im2col's adjoint,
-PyTorch's own convolutions and max pooling, channels-last (N, H, W, C) throughout.
+"""The layer primitives of the fast kernels: scratch buffers, 'same' padding, im2col and its
+adjoint, PyTorch's own convolutions and max pooling, channels-last (N, H, W, C) throughout.
 
 `reptorch.fast.kernel.ConvNetKernel` builds the paper nets' forward, backward and inner loop from
 these; they are TorchScript methods of one base module so that the whole step scripts as one.
@@ -99,6 +99,18 @@ class KernelPrimitives(nn.Module):
         interior = buf[:, top : top + h, left : left + w]
         self.shaped[inner] = interior
         return buf, interior, top, left
+
+    def _im2col(self, ap: Tensor, ho: int, wo: int, key: str) -> Tensor:
+        """The (kh, kw, c) patch of every output position of the padded (N, Hp, Wp, C) input:
+        (N, Ho, Wo, 3, 3, C) in buffer `key`, one strided copy."""
+        n, hp, wp, c = ap.size(0), ap.size(1), ap.size(2), ap.size(3)
+        st = self.stride
+        patches = ap.as_strided(
+            [n, ho, wo, 3, 3, c], [hp * wp * c, st * wp * c, st * c, wp * c, c, 1]
+        )
+        cols = self._buf(key, [n, ho, wo, 3, 3, c], ap)
+        cols.copy_(patches)
+        return cols
 
     def _col2im(self, dcols: Tensor, hp: int, wp: int, key: str) -> Tensor:
         """Adjoint of im2col: adds the 9 taps of (N, Ho, Wo, 3, 3, C) into (N, Hp, Wp, C)."""

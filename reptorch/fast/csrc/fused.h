@@ -1,7 +1,7 @@
 // Shared by the fused passes (reptorch.fast.fused): csrc/fused_moments.cpp (BatchNorm's
 // moments), csrc/fused_pooled.cpp (a pooled block: BatchNorm, ReLU, 2x2 max pool, Mini-ImageNet's),
-// csrc/fused_plain.cpp (a plain block: BatchNorm, ReLU, Omniglot's) and csrc/fused_col2im.cpp
-// (im2col's adjoint, Omniglot's strided convolutions).
+// csrc/fused_plain.cpp (a plain block: BatchNorm, ReLU, Omniglot's) and csrc/fused_im2col.cpp
+// (im2col and its adjoint, Omniglot's strided convolutions).
 //
 // Layout: z (T, M, C), M = images x H x W per task, channels-last; per-task channel vectors
 // (T, 1, C).
