@@ -129,6 +129,7 @@ def test_cli_both_modes_saves_each_modes_file(run, alone, capsys):
     assert main([*base, "--both-modes", "--chunk", "4", "--json"]) == 0
     out = capsys.readouterr().out.strip().splitlines()
     assert "non-transductive" in out[0] and ", transductive," in out[1]
+    assert all(line.endswith("one fine-tuning for both modes") for line in out[:2])
     printed = json.loads(out[-1])  # one object, last: each mode's summary by name
     assert set(printed) == {"non-transductive", "transductive"}
     for mode, name in ((False, "nontransductive"), (True, "transductive")):

@@ -48,6 +48,7 @@ def describe(summary: dict[str, Any]) -> str:
         f"{summary['inner_steps']} steps x batch {summary['inner_batch']}, "
         f"inner state {summary['eval_inner_state']}, iteration {summary['iteration']}, "
         f"{summary['seconds']:.1f} s ({summary['tasks_per_second']} tasks/s)"
+        + (", one fine-tuning for both modes" if "modes_together" in summary else "")
     )
 
 
