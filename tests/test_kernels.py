@@ -89,3 +89,34 @@ def test_run_records_its_kernels_and_resumes_with_them(native_ops, shared_data, 
     switched.train(False, echo=False)
     assert json.loads(path.read_text())["config"]["kernels"] == "fused"
     assert Trainer(same, run).config.kernels == "fused"  # the switch is what is recorded now
+
+
+def test_a_fused_run_is_evaluated_on_atens_passes_where_its_own_cannot_run(
+    native_ops, tmp_path, shared_data, monkeypatch, capsys
+):
+    """Evaluating never changes a run, so where its fused passes cannot run (no compiler, or
+    another device) the evaluation falls back to ATen's, says so once, and its summary names
+    them; nothing is recorded."""
+    from reptorch.distributed import LOCAL
+    from reptorch.run.setup import evaluation_kernels
+    from reptorch.run.training import load_trainer
+    from tests.helpers import tiny_run
+
+    run = tiny_run(tmp_path / "run", shared_data)
+    config = json.loads((run / "config.json").read_text())["config"]
+    assert config["kernels"] == "fused"
+    capsys.readouterr()
+    assert load_trainer(run).config.kernels == "fused"  # where they run: the run's own
+    assert capsys.readouterr().err == ""
+    fused_run = TrainConfig.from_saved(config)
+    assert evaluation_kernels(fused_run, run, "cuda", LOCAL) == "aten"
+    assert "CPU code and this evaluation runs on cuda" in capsys.readouterr().err
+
+    monkeypatch.setattr(fused, "available", lambda: False)  # a machine without g++
+    trainer = load_trainer(run)
+    err = capsys.readouterr().err
+    assert "cannot be built here" in err and "evaluating on PyTorch's ops" in err
+    assert "switch" not in err  # an evaluation records nothing
+    summary = trainer.evaluate(num_tasks=2, progress=False)
+    assert summary["kernels"] == "aten"
+    assert json.loads((run / "config.json").read_text())["config"] == config

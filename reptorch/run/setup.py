@@ -7,6 +7,8 @@ and the experiments, so that all of them see a run exactly as it was trained.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -79,6 +81,27 @@ def resolve_kernels(requested: str, module: nn.Module, device: str) -> str:
             "see the warning above): train with --kernels aten"
         )
     return requested
+
+
+def evaluation_kernels(config: TrainConfig, directory: Path, device: str, group: Group) -> str:
+    """The run's blocks' passes, or PyTorch's ("aten", said once on stderr) where its fused
+    passes cannot run: on another device, or where the native ops cannot be built. The same
+    maths; float rounding differs from the run's, and the summary says which ran."""
+    if config.kernels != "fused":
+        return config.kernels
+    if torch.device(device).type != "cpu":
+        reason = f"they are CPU code and this evaluation runs on {device}"
+    elif not fused.available():
+        reason = "the native ops cannot be built here (g++ and ninja are needed)"
+    else:
+        return "fused"
+    if group.is_main:
+        print(
+            f"note: {directory} was trained on the fused passes, but {reason}: evaluating on "
+            f"PyTorch's ops (the same maths; float rounding differs from the run's)",
+            file=sys.stderr,
+        )
+    return "aten"
 
 
 def build_learner(

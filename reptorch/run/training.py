@@ -59,6 +59,7 @@ from reptorch.run.setup import (
     build_sources,
     check_group,
     eval_spec,
+    evaluation_kernels,
     resolve_kernels,
 )
 from reptorch.run.stop_signals import StopSignals
@@ -102,12 +103,15 @@ class Trainer:
         workers: int | None = None,
         group: Group = LOCAL,
         chain_threads: int = 1,
+        evaluating: bool = False,
     ) -> None:
         """workers: CPU threads of the fast oracle (see `reptorch.chain_threads.cpu_threads`);
         group: this process's place in a torchrun job (`reptorch.distributed.setup`);
         chain_threads: intra-op threads of the exact sequential chain (`parallel='loop'` on a
         CPU), opt-in. `config.chain_workers` (0: chosen, or the run's recorded value on resume)
-        is the workers that split each of the chain's steps (`reptorch.chain_threads`)."""
+        is the workers that split each of the chain's steps (`reptorch.chain_threads`).
+        evaluating: built to evaluate a saved run (`load_trainer`), whose settings it does not
+        record: a change of them is not announced as a switch of the run."""
         check_group(config, group)
         self.config, self.directory, self.workers, self.group = config, directory, workers, group
         self.echo = True  # print the interval lines (`train(echo=False)` silences them)
@@ -126,6 +130,8 @@ class Trainer:
         self.chain_workers = resolve_chain_workers(
             requested, module, sequential, chain_threads, images=config.inner_batch
         )
+        if evaluating:
+            recorded = None  # nothing is recorded, so nothing switches
         if recorded is not None and recorded.chain_workers != self.chain_workers:
             print(
                 f"{directory}: the exact chain switches from {recorded.chain_workers} to "
@@ -367,6 +373,7 @@ def load_trainer(
         device = "cpu"  # trained on a GPU, evaluated where there is none
     device = device_for(group, device or config.device)
     changes = {k: v for k, v in {"device": device, "data_dir": data_dir}.items() if v}
-    trainer = Trainer(config.replace(**changes), directory, workers, group)
+    changes["kernels"] = evaluation_kernels(config, directory, device, group)
+    trainer = Trainer(config.replace(**changes), directory, workers, group, evaluating=True)
     trainer.restore(ckpt)
     return trainer
