@@ -36,7 +36,7 @@ from reptorch.run.checkpoint import list_checkpoints, paths
 from reptorch.run.directory import progress_file, run_eval_file
 from reptorch.run.eval_progress import model_digest
 from reptorch.run.io import atomic_write_json
-from reptorch.run.metrics_log import read_metrics
+from reptorch.run.metrics_log import training_seconds
 from reptorch.run.setup import paper_eval_batch
 from reptorch.run.training import Trainer, load_trainer
 
@@ -61,18 +61,6 @@ DATASET_TEXT = {  # (name, split) for the card
     "miniimagenet": ("Mini-ImageNet", "Ravi & Larochelle's split"),
 }
 CELLS = [(1, False), (5, False), (1, True), (5, True)]
-
-
-def training_seconds(run: Path) -> float:
-    """Wall time of the run: the metrics log's `seconds` restart at 0 on every resume, so the
-    total is the sum of each segment's last value (plus what ran after the last logged row)."""
-    seconds = read_metrics(run)["seconds"]
-    total, last = 0.0, 0.0
-    for value in seconds:
-        if value < last:
-            total += last
-        last = value
-    return total + last
 
 
 def git_commit() -> str:

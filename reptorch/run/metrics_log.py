@@ -97,3 +97,15 @@ def read_metrics(directory: Path) -> dict[str, list[float]]:
     if not columns["iteration"]:
         raise CheckpointError(f"{path} has no rows yet: train for at least one iteration")
     return columns
+
+
+def training_seconds(run: Path) -> float:
+    """Wall time of the run: the metrics log's `seconds` restart at 0 on every resume, so the
+    total is the sum of each segment's last value (plus what ran after the last logged row)."""
+    seconds = read_metrics(run)["seconds"]
+    total, last = 0.0, 0.0
+    for value in seconds:
+        if value < last:
+            total += last
+        last = value
+    return total + last

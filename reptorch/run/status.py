@@ -1,0 +1,151 @@
+"""Where a run stands, from its directory alone (`reptorch status RUN_DIR`), while it runs or
+between the working days it takes: its settings, how far it is (the newest checkpoint, and the
+metrics log, which runs up to an interval ahead of it), the meta step there, its time so far
+and lately, the interval scores of late, the evaluations saved beside it and the staged ones
+in progress. Reads only small files: no tensor is loaded, no data is needed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from reptorch.config import TrainConfig
+from reptorch.errors import CheckpointError
+from reptorch.run.checkpoint import list_checkpoints
+from reptorch.run.directory import read_run_config
+from reptorch.run.metrics_log import read_metrics, training_seconds
+from reptorch.schedule import linear_meta_step
+
+RECENT = 100  # interval rows averaged for "of late"
+
+
+def recent_pace(iterations: list[float], seconds: list[float]) -> tuple[float, int] | None:
+    """(seconds per iteration, iterations) over the last stretch of the log: `seconds` restart
+    at 0 on every resume, so the stretch runs from the last restart; None under two rows."""
+    start = len(seconds) - 1
+    while start > 0 and seconds[start - 1] <= seconds[start]:
+        start -= 1
+    done = iterations[-1] - iterations[start]
+    if done <= 0:
+        return None
+    return (seconds[-1] - seconds[start]) / done, int(done)
+
+
+def _evaluations(directory: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The saved evaluations (eval-*.json) and the staged ones in progress (*.progress.json)."""
+    saved, staged = [], []
+    for path in sorted(directory.glob("eval-*.json")):
+        try:
+            summary = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if path.name.endswith(".progress.json"):
+            key = summary.get("key", {})
+            done = len(summary.get("scores", []))
+            staged.append({"file": path.name, "done": done, "tasks": key.get("tasks")})
+            continue
+        metric = "accuracy" if "accuracy" in summary else "mse"
+        keys = ("ci95", "tasks", "ways", "shots", "transductive", "split", "iteration")
+        row = {"file": path.name, "metric": metric, "value": summary.get(metric)}
+        saved.append(row | {k: summary.get(k) for k in keys})
+    return saved, staged
+
+
+def run_status(directory: Path) -> dict[str, Any]:
+    """The status of the run in `directory` (see module doc), as a JSON-ready dict."""
+    directory = Path(directory)
+    config: TrainConfig = read_run_config(directory)
+    found = list_checkpoints(directory)
+    iteration = found[-1] if found else 0
+    status: dict[str, Any] = {
+        "run": str(directory),
+        "dataset": config.dataset,
+        "ways": config.classes,
+        "shots": config.shots,
+        "algorithm": config.algorithm,
+        "parallel": config.parallel,
+        "chain_workers": config.chain_workers,
+        "kernels": config.kernels,
+        "checkpoint": iteration,
+        "meta_iters": config.meta_iters,
+        "meta_step": linear_meta_step(
+            iteration, config.meta_iters, config.meta_step, config.meta_step_final
+        ),
+    }
+    try:
+        metrics = read_metrics(directory)
+    except CheckpointError:  # no log yet
+        metrics = None
+    if metrics is not None:
+        status["logged"] = int(metrics["iteration"][-1])
+        status["hours"] = training_seconds(directory) / 3600
+        pace = recent_pace(metrics["iteration"], metrics["seconds"])
+        if pace is not None:
+            per, over = pace
+            left = max(config.meta_iters - iteration, 0)
+            status |= {"seconds_per_iteration": per, "over": over, "hours_left": left * per / 3600}
+        window = min(RECENT, len(metrics["train"]))
+        status["interval"] = {
+            "rows": window,
+            "monitor_split": "val" if (directory / "val").is_dir() else "test",
+            "train": sum(metrics["train"][-window:]) / window,
+            "monitor": sum(metrics["monitor"][-window:]) / window,
+        }
+    status["evaluations"], status["staged"] = _evaluations(directory)
+    return status
+
+
+def describe_status(status: dict[str, Any]) -> list[str]:
+    """The status as lines for a terminal."""
+    s = status
+    regression = s["dataset"] == "sine"
+    chain = (
+        f"exact chain, {s['chain_workers']} worker(s)"
+        if s["parallel"] == "loop"
+        else "tasks side by side"
+    )
+    lines = [
+        f"{s['run']}: {s['dataset']} {s['ways']}-way {s['shots']}-shot, {s['algorithm']}, "
+        f"{chain}, {s['kernels']} passes",
+        f"iteration {s['checkpoint']:,} of {s['meta_iters']:,} "
+        f"({100 * s['checkpoint'] / max(s['meta_iters'], 1):.1f}%, the newest checkpoint"
+        + (f"; the log runs to {s['logged']:,}" if s.get("logged", 0) > s["checkpoint"] else "")
+        + f"), meta step {s['meta_step']:.4g}",
+    ]
+    if "hours" in s:
+        line = f"trained {s['hours']:.1f} h"
+        if s["checkpoint"] >= s["meta_iters"]:
+            line += ": complete"
+        elif "seconds_per_iteration" in s:
+            line += (
+                f"; lately {s['seconds_per_iteration']:.3g} s per iteration (the last "
+                f"{s['over']:,}), so ~{s['hours_left']:.1f} h to go at that pace"
+            )
+        lines.append(line)
+        interval = s["interval"]
+        monitor = interval["monitor_split"]
+        if regression:
+            shown = f"MSE train {interval['train']:.3f}, {monitor} {interval['monitor']:.3f}"
+        else:
+            shown = (
+                f"train {100 * interval['train']:.1f}%, {monitor} {100 * interval['monitor']:.1f}%"
+            )
+        lines.append(f"interval scores, mean of the last {interval['rows']} rows: {shown}")
+    for e in s["evaluations"]:
+        mode = "transductive" if e["transductive"] else "non-transductive"
+        value = (
+            f"{100 * e['value']:.2f} +- {100 * (e['ci95'] or 0):.2f}%"
+            if e["metric"] == "accuracy"
+            else f"MSE {e['value']:.4f} +- {e['ci95'] or 0:.4f}"
+        )
+        stale = "" if e["iteration"] == s["checkpoint"] else ", before the newest checkpoint"
+        lines.append(
+            f"evaluation {e['file']}: {value} on {e['tasks']:,} tasks ({e['ways']}-way "
+            f"{e['shots']}-shot, {mode}, {e['split']}), at iteration {e['iteration']:,}{stale}"
+        )
+    for p in s["staged"]:
+        total = f"{p['tasks']:,}" if p["tasks"] else "?"
+        lines.append(f"staged evaluation {p['file']}: {p['done']:,} of {total} tasks done")
+    return lines

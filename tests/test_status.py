@@ -1,0 +1,50 @@
+"""`reptorch status RUN_DIR` (`reptorch.run.status`): where a run stands, from its small files."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from reptorch.cli import main
+from reptorch.run.status import recent_pace, run_status
+from tests.helpers import tiny_run
+
+
+def test_the_pace_is_the_last_stretch_since_a_resume():
+    iterations = [0, 10, 20, 30, 40, 50]
+    seconds = [1.0, 11.0, 21.0, 0.5, 2.5, 4.5]  # resumed at 30, then 0.2 s per iteration
+    assert recent_pace(iterations, seconds) == pytest.approx((0.2, 20))
+    assert recent_pace([0], [1.0]) is None
+
+
+def test_status_of_a_run_with_saved_and_staged_evaluations(tmp_path, shared_data, capsys):
+    run = tiny_run(tmp_path / "run", shared_data)
+    assert main(["eval", "--checkpoint", str(run), "--eval-samples", "3", "--no-progress"]) == 0
+    staged = {"key": {"tasks": 10}, "scores": [1.0, 0.5, 0.0], "predictions": []}
+    (run / "eval-transductive-test.progress.json").write_text(json.dumps(staged))
+    capsys.readouterr()
+
+    status = run_status(run)
+    assert (status["checkpoint"], status["meta_iters"], status["logged"]) == (2, 2, 0)
+    assert (status["dataset"], status["ways"], status["kernels"]) == ("omniglot", 3, "fused")
+    assert status["meta_step"] == pytest.approx(0.1)  # 1 -> 0.1 over 2: reached at the end
+    (saved,) = status["evaluations"]
+    summary = json.loads((run / "eval-nontransductive-test.json").read_text())
+    assert saved["value"] == summary["accuracy"] and saved["tasks"] == 3
+    assert status["staged"] == [
+        {"file": "eval-transductive-test.progress.json", "done": 3, "tasks": 10}
+    ]
+
+    assert main(["status", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "iteration 2 of 2 (100.0%" in out and ": complete" in out
+    assert "eval-nontransductive-test.json" in out and "3 of 10 tasks done" in out
+    assert main(["status", str(run), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["checkpoint"] == 2
+
+
+def test_status_of_a_directory_without_a_run_is_one_line(tmp_path, capsys):
+    assert main(["status", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no config.json" in err
