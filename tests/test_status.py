@@ -48,3 +48,24 @@ def test_status_of_a_directory_without_a_run_is_one_line(tmp_path, capsys):
     assert main(["status", str(tmp_path)]) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "no config.json" in err
+
+
+def test_a_closed_pipe_is_not_an_error(tmp_path, shared_data):
+    """`reptorch status RUN | head -1`: the reader leaves before we write; no traceback, 0."""
+    import subprocess
+    import sys
+
+    run = tiny_run(tmp_path / "run", shared_data)
+    code = "import sys; from reptorch.cli import main; sys.exit(main(sys.argv[1:]))"
+    reader = subprocess.Popen(["true"], stdin=subprocess.PIPE)  # reads nothing, exits
+    reader.wait()
+    writer = subprocess.run(
+        [sys.executable, "-c", code, "status", str(run)],
+        stdout=reader.stdin,
+        stderr=subprocess.PIPE,
+        text=True,
+        check=False,
+    )
+    reader.stdin.close()
+    assert writer.returncode == 0, writer.stderr
+    assert "Traceback" not in writer.stderr and "BrokenPipe" not in writer.stderr

@@ -37,11 +37,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (
-        RunStopped
-    ) as stopped:  # SIGINT/SIGTERM: checkpoint written (`reptorch.run.stop_signals`)
+    except RunStopped as stopped:  # SIGINT/SIGTERM: checkpoint written (`run.stop_signals`)
         print(f"reptorch: {stopped}", file=sys.stderr)
         return stopped.exit_code
+    except BrokenPipeError:  # the reader of our output left (`| head`): not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error at exit
+        return 0
     except ReptorchError as error:
         # an error every torchrun process raises alike (`reptorch.distributed`): rank 0 prints it
         if not getattr(error, "shared", False) or os.environ.get("RANK", "0") == "0":
