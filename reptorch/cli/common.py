@@ -40,7 +40,7 @@ def describe(summary: dict[str, Any]) -> str:
         if metric == "accuracy"
         else (f"MSE {value:.4f} +- {summary['ci95']:.4f}")
     )
-    mode = "transductive" if summary["transductive"] else "non-transductive"
+    mode = MODE_NAMES[bool(summary["transductive"])]
     return (
         f"{metric} {shown} (95% CI, 1.96 sd/sqrt(n)) over {summary['tasks']} tasks: "
         f"{summary['ways']}-way {summary['shots']}-shot, {summary['queries']} query/class, "

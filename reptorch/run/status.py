@@ -15,6 +15,7 @@ from reptorch.config import TrainConfig
 from reptorch.errors import CheckpointError
 from reptorch.run.checkpoint import list_checkpoints
 from reptorch.run.directory import read_run_config
+from reptorch.run.final_evaluation import MODE_NAMES
 from reptorch.run.metrics_log import read_metrics, training_seconds
 from reptorch.schedule import linear_meta_step
 
@@ -134,7 +135,7 @@ def describe_status(status: dict[str, Any]) -> list[str]:
             )
         lines.append(f"interval scores, mean of the last {interval['rows']} rows: {shown}")
     for e in s["evaluations"]:
-        mode = "transductive" if e["transductive"] else "non-transductive"
+        mode = MODE_NAMES[bool(e["transductive"])]
         value = (
             f"{100 * e['value']:.2f} +- {100 * (e['ci95'] or 0):.2f}%"
             if e["metric"] == "accuracy"
