@@ -15,9 +15,9 @@ import time
 import torch
 
 from bench.run import SETTINGS, _key
+from bench.step_profile import step_arguments
 from reptorch.fast import fused
 from reptorch.fast.inner_loop import InnerLoopKernel
-from reptorch.fast.oracle import spec_for, to_gemm
 
 
 def main() -> None:
@@ -30,22 +30,11 @@ def main() -> None:
         raise SystemExit("the fused native ops did not build (g++ and ninja are needed)")
     torch.set_num_threads(1)
     s = next(x for x in SETTINGS if _key(x) == args.setting)
-    torch.manual_seed(0)
-    net = s.network()
-    spec = spec_for(net)
-    shape = (spec.stride, spec.pool, spec.layers, spec.eps, spec.native_convolutions())
+    spec, call = step_arguments(s, args.images)
     kernels = {
-        "aten": torch.jit.script(InnerLoopKernel(*shape)),
-        "fused": torch.jit.script(fused.FusedKernel(*shape)),
+        "aten": torch.jit.script(InnerLoopKernel(*spec.kernel_shape())),
+        "fused": torch.jit.script(fused.FusedKernel(*spec.kernel_shape())),
     }
-    names = spec.names()
-    params = {
-        k: to_gemm(k, v.detach()[None].clone(), batched=True) for k, v in net.named_parameters()
-    }
-    grads = [torch.empty_like(params[k]) for k in names]
-    x = torch.rand(1, args.images, *s.image)
-    y = torch.randint(0, s.ways, (1, args.images))
-    call = ([params[k] for k in names], [x], [y], [grads], True, -1, 0, 0, args.images, 1.0)
     steps = 30 if s.dataset == "miniimagenet" else 200
     times: dict[str, list[float]] = {k: [] for k in kernels}
     for kernel in kernels.values():

@@ -7,8 +7,9 @@
 Profiles `ConvNetKernel.loss_and_grad` (run eagerly: the same ops as the scripted kernel, whose
 per-op cost here is a few us against steps of ms) for one task with torch.profiler, one thread,
 and gives each op to the layer whose activations it touches (by the sizes of its operands) and
-to a pass (forward, then backward in reverse layer order, in the op order of the step). Convs are
-credited with their FLOP rate.
+to a pass (forward, then backward in reverse layer order, in the op order of the step); "other"
+is what no layer's activations size: the classifier and loss, BatchNorm's per-channel
+coefficients, views and slices.
 """
 
 from __future__ import annotations
@@ -47,31 +48,24 @@ def _layer_of(shapes: list[list[int]], images: int, spec: ConvNetSpec, sides: li
     for i, side in enumerate(sides):
         out = -(-side // spec.stride)
         flat.setdefault(images * out * out, i)
-        spatial.setdefault(side, i)
-        spatial.setdefault(out, i)
+        for size in (side, out, side + 1, side + 2):  # padded inputs: the convs' 'same' borders
+            spatial.setdefault(size, i)
     found = []
     for shape in shapes:
         found += [flat[size] for size in shape if size in flat and size > images]
-        if len(shape) == 4:
+        if len(shape) >= 4:  # (B, H, W, ...) channels-last, im2col's (B, Ho, Wo, 3, 3, C)
             for h, w in ((shape[2], shape[3]), (shape[1], shape[2])):
                 if h == w and h in spatial:
                     found.append(spatial[h])
     return min(found) if found else None
 
 
-def profile_step(
-    s: Setting, images: int, repeats: int, kernels: str = "aten"
-) -> dict[tuple[str, str, str], float]:
-    """Median ms per step of each (layer, pass, op); `kernels`: the blocks' passes."""
+def step_arguments(s: Setting, images: int) -> tuple[ConvNetSpec, tuple]:
+    """The net's spec and the arguments of `loss_and_grad` for one task's step of `images`
+    (seeded weights, random images and labels, one slice, no meetings, the summed loss)."""
     torch.manual_seed(0)
     net = s.network()
     spec = spec_for(net)
-    cls = ConvNetKernel
-    if kernels == "fused":
-        if not fused.available():
-            raise SystemExit("the fused native ops did not build (g++ and ninja are needed)")
-        cls = fused.FusedKernel
-    kernel = cls(spec.stride, spec.pool, spec.layers, spec.eps, spec.native_convolutions())
     names = spec.names()
     params = {
         k: to_gemm(k, v.detach()[None].clone(), batched=True) for k, v in net.named_parameters()
@@ -79,7 +73,24 @@ def profile_step(
     grads = [torch.empty_like(params[k]) for k in names]
     x = torch.rand(1, images, *s.image)
     y = torch.randint(0, s.ways, (1, images))
-    args = ([params[k] for k in names], [x], [y], [grads], True, -1, 0, 0, images, 1.0)
+    return spec, ([params[k] for k in names], [x], [y], [grads], True, -1, 0, 0, images, 1.0)
+
+
+def kernel_class(kernels: str) -> type:
+    """The eager kernel of the blocks' passes: PyTorch's ("aten") or the native ones."""
+    if kernels == "aten":
+        return ConvNetKernel
+    if not fused.available():  # also loads the ops the kernel calls
+        raise SystemExit("the fused native ops did not build (g++ and ninja are needed)")
+    return fused.FusedKernel
+
+
+def profile_step(
+    s: Setting, images: int, repeats: int, kernels: str = "aten"
+) -> dict[tuple[str, str, str], float]:
+    """Median ms per step of each (layer, pass, op); `kernels`: the blocks' passes."""
+    spec, args = step_arguments(s, images)
+    kernel = kernel_class(kernels)(*spec.kernel_shape())
     sides = layer_sides(spec, s.image[1])
     torch.set_num_threads(1)
     for _ in range(3):
@@ -97,7 +108,7 @@ def profile_step(
                 seen_backward = True  # the loss: the forward pass is over
             shapes = [list(sh) for sh in event.input_shapes if sh]
             layer = _layer_of(shapes, images, spec, sides)
-            where = "classifier/loss" if layer is None else f"layer {layer + 1}"
+            where = "other" if layer is None else f"layer {layer + 1}"
             direction = "backward" if seen_backward else "forward"
             table[(where, direction, _family(name))] += event.cpu_time_total / 1e3
         runs.append(table)
@@ -113,7 +124,9 @@ def _family(name: str) -> str:
         return "gemm"
     if "pool" in name:
         return "pool"
-    if name in ("copy_", "as_strided", "contiguous", "clone", "_to_copy", "add_"):
+    if name in ("copy_", "as_strided", "contiguous", "clone", "_to_copy", "add_", "zero_"):
+        return "copies"
+    if name.endswith(("im2col", "col2im")):  # the native passes: data movement
         return "copies"
     return "bn/relu/other"
 

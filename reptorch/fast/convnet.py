@@ -71,6 +71,10 @@ class ConvNetSpec:
         """
         return self.stride == 1 if self.native is None else self.native
 
+    def kernel_shape(self) -> tuple[int, bool, int, float, bool]:
+        """The kernels' constructor arguments: (stride, pool, layers, eps, native convs)."""
+        return (self.stride, self.pool, self.layers, self.eps, self.native_convolutions())
+
     def names(self) -> list[str]:
         """Parameter names in the module's (and the kernel's) order."""
         names = []
@@ -112,9 +116,7 @@ def kernel(spec: ConvNetSpec, native_comm: bool = False) -> InnerLoopKernel:
             cls = FusedNativeCommKernel if native_comm else FusedKernel
         else:
             cls = NativeCommKernel if native_comm else InnerLoopKernel
-        kernels[key] = _compile(
-            cls(spec.stride, spec.pool, spec.layers, spec.eps, spec.native_convolutions())
-        )
+        kernels[key] = _compile(cls(*spec.kernel_shape()))
     return kernels[key]
 
 
