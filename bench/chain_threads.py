@@ -25,7 +25,8 @@ from collections.abc import Callable
 
 import torch
 
-from bench.run import SETTINGS, Setting, _key, environment, synthetic_batches
+from bench.run import environment
+from bench.steps import SETTINGS, Setting, key, synthetic_batches
 from reptorch.algorithms.reptile import Reptile
 from reptorch.functional import FunctionalModel
 from reptorch.inner_optim import Adam
@@ -101,7 +102,7 @@ def report(args: argparse.Namespace) -> None:
     print("|---" * (len(MODES) + 1) + "|")
     drifts = []
     for s in SETTINGS:
-        if _key(s) not in args.settings.split(","):
+        if key(s) not in args.settings.split(","):
             continue
         r, drift = rates(s, args.rounds, args.per_round)
         drifts.append(f"{s.name}: " + ", ".join(f"{m} {d:.1e}" for m, d in drift.items()))

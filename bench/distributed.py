@@ -28,7 +28,8 @@ import time
 
 import torch
 
-from bench.run import SETTINGS, environment, synthetic_batches
+from bench.run import environment
+from bench.steps import SETTINGS, synthetic_batches
 from reptorch import distributed
 from reptorch.algorithms import Reptile
 from reptorch.functional import FunctionalModel

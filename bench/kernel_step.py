@@ -14,8 +14,8 @@ import time
 
 import torch
 
-from bench.run import SETTINGS, _key
 from bench.step_profile import step_arguments
+from bench.steps import SETTINGS, key
 from reptorch.fast import fused
 from reptorch.fast.inner_loop import InnerLoopKernel
 
@@ -29,7 +29,7 @@ def main() -> None:
     if not fused.available():
         raise SystemExit("the fused native ops did not build (g++ and ninja are needed)")
     torch.set_num_threads(1)
-    s = next(x for x in SETTINGS if _key(x) == args.setting)
+    s = next(x for x in SETTINGS if key(x) == args.setting)
     spec, call = step_arguments(s, args.images)
     kernels = {
         "aten": torch.jit.script(InnerLoopKernel(*spec.kernel_shape())),

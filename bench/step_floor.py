@@ -31,8 +31,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from bench.gemm import sgemm_gflops
-from bench.run import SETTINGS, Setting, _key, baseline_step, reptorch_step
 from bench.step_profile import kernel_class, step_arguments
+from bench.steps import SETTINGS, Setting, baseline_step, key, reptorch_step
 from reptorch.chain_threads import resolve_chain_workers
 
 aten = torch.ops.aten
@@ -183,7 +183,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     wanted = args.settings.split(",")
-    chosen = [s for s in SETTINGS if _key(s) in wanted and s.dataset == "omniglot"]
+    chosen = [s for s in SETTINGS if key(s) in wanted and s.dataset == "omniglot"]
     if len(chosen) != len(wanted):
         raise SystemExit(f"--settings: Omniglot settings only, from 5w1s, 5w5s, 20w1s: {wanted}")
     print(f"SGEMM {sgemm_gflops():.0f} GFLOP/s (2 threads), torch {torch.__version__}")

@@ -21,7 +21,7 @@ import statistics
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from bench.run import SETTINGS, Setting, _key
+from bench.steps import SETTINGS, Setting, key
 from reptorch.config import KERNELS
 from reptorch.fast import fused
 from reptorch.fast.convnet import ConvNetSpec
@@ -138,7 +138,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--kernels", choices=KERNELS, default="fused", help="block passes")
     args = parser.parse_args()
-    s = next(x for x in SETTINGS if _key(x) == args.setting)
+    s = next(x for x in SETTINGS if key(x) == args.setting)
     images = args.images or s.inner_batch
     table = profile_step(s, images, args.repeats, args.kernels)
     total = sum(table.values())

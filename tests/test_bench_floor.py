@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from bench.gemm import conv_net_forward_flops
-from bench.run import SETTINGS, _key
 from bench.step_floor import gemm_flop, recorded_gemms, replay, step_call
+from bench.steps import SETTINGS
 from reptorch.fast import fused
 
 pytestmark = pytest.mark.skipif(not fused.available(), reason="the fused native ops need g++")
@@ -14,7 +14,7 @@ pytestmark = pytest.mark.skipif(not fused.available(), reason="the fused native 
 @pytest.mark.parametrize("key", ["5w1s", "20w1s"])
 def test_the_recorded_gemms_are_the_steps_forward_and_backward_products(key):
     """forward, dW and dX of every layer (the first has no dX): 3 F - F_1, counted by hand."""
-    s = next(x for x in SETTINGS if _key(x) == key)
+    s = next(x for x in SETTINGS if key(x) == key)
     images = 4
     _, eager, call = step_call(s, images)
     gemms = recorded_gemms(eager, call)
