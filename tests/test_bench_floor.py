@@ -5,16 +5,16 @@ import torch
 
 from bench.gemm import conv_net_forward_flops
 from bench.step_floor import gemm_flop, recorded_gemms, replay, step_call
-from bench.steps import SETTINGS
+from bench.steps import SETTINGS, key
 from reptorch.fast import fused
 
 pytestmark = pytest.mark.skipif(not fused.available(), reason="the fused native ops need g++")
 
 
-@pytest.mark.parametrize("key", ["5w1s", "20w1s"])
-def test_the_recorded_gemms_are_the_steps_forward_and_backward_products(key):
+@pytest.mark.parametrize("name", ["5w1s", "20w1s"])
+def test_the_recorded_gemms_are_the_steps_forward_and_backward_products(name):
     """forward, dW and dX of every layer (the first has no dX): 3 F - F_1, counted by hand."""
-    s = next(x for x in SETTINGS if key(x) == key)
+    s = next(x for x in SETTINGS if key(x) == name)
     images = 4
     _, eager, call = step_call(s, images)
     gemms = recorded_gemms(eager, call)
