@@ -44,10 +44,31 @@ def test_status_of_a_run_with_saved_and_staged_evaluations(tmp_path, shared_data
     assert json.loads(capsys.readouterr().out)["checkpoint"] == 2
 
 
+def test_status_of_a_directory_of_runs_gives_each_runs(tmp_path, shared_data, capsys):
+    """`reptorch status runs/gradcomb`: the curves are runs in its subdirectories."""
+    group = tmp_path / "gradcomb"
+    for name in ("sum2", "g1"):
+        tiny_run(group / name, shared_data)
+    (group / "notes").mkdir()  # not a run: left out
+    capsys.readouterr()
+    assert main(["status", str(group)]) == 0
+    out = capsys.readouterr().out
+    blocks = out.strip().split("\n\n")
+    assert [b.split(":")[0] for b in blocks] == [str(group / "g1"), str(group / "sum2")]
+    assert all("iteration 2 of 2" in b for b in blocks)
+    assert main(["status", str(group), "--json"]) == 0
+    statuses = json.loads(capsys.readouterr().out)
+    assert [s["run"] for s in statuses] == [str(group / "g1"), str(group / "sum2")]
+    assert statuses[1] == run_status(group / "sum2")
+
+
 def test_status_of_a_directory_without_a_run_is_one_line(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()  # a subdirectory that is no run either
     assert main(["status", str(tmp_path)]) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "no config.json" in err
+    assert main(["status", str(tmp_path / "missing")]) == 1
+    assert "no config.json" in capsys.readouterr().err
 
 
 def test_a_closed_pipe_is_not_an_error(tmp_path, shared_data):

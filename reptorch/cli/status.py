@@ -7,7 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
-from reptorch.run.status import describe_status, run_status
+from reptorch.run.status import describe_status, run_status, runs_in
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -16,16 +16,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="where a run stands: iteration, meta step, time so far and to go, recent scores, "
         "saved and staged evaluations",
     )
-    parser.add_argument("run", metavar="RUN_DIR", help="run directory of `reptorch train`")
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead")
+    parser.add_argument(
+        "run",
+        metavar="RUN_DIR",
+        help="run directory of `reptorch train`, or a directory of runs (each one's status: "
+        "`reptorch gradcomb`'s curves, a folder of runs)",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object instead (a list of them for a directory of runs)",
+    )
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    directory = Path(args.run)
-    status = run_status(directory)
+    found = runs_in(Path(args.run))
+    statuses = [run_status(directory) for directory in found]
     if args.json:
-        print(json.dumps(status))
+        print(json.dumps(statuses[0] if found == [Path(args.run)] else statuses))
         return 0
-    print("\n".join(describe_status(status)))
+    print("\n\n".join("\n".join(describe_status(status)) for status in statuses))
     return 0

@@ -1,8 +1,9 @@
 """Where a run stands, from its directory alone (`reptorch status RUN_DIR`), while it runs or
-between the working days it takes: its settings, how far it is (the newest checkpoint, and the
-metrics log, which runs up to an interval ahead of it), the meta step there, its time so far
-and lately, the interval scores of late, the evaluations saved beside it and the staged ones
-in progress. Reads only small files: no tensor is loaded, no data is needed.
+between the working days it takes (or where each run a directory holds stands): its settings,
+how far it is (the newest checkpoint, and the metrics log, which runs up to an interval ahead
+of it), the meta step there, its time so far and lately, the interval scores of late, the
+evaluations saved beside it and the staged ones in progress. Reads only small files: no tensor
+is loaded, no data is needed.
 """
 
 from __future__ import annotations
@@ -52,6 +53,19 @@ def _evaluations(directory: Path) -> tuple[list[dict[str, Any]], list[dict[str, 
         row = {"file": path.name, "metric": metric, "value": summary.get(metric)}
         saved.append(row | {k: summary.get(k) for k in keys})
     return saved, staged
+
+
+def runs_in(directory: Path) -> list[Path]:
+    """The runs `directory` stands for: itself if it is one (config.json), else its immediate
+    subdirectories that are (`reptorch gradcomb`'s ten curves, a folder of runs), sorted; the
+    one-line error of a directory without a run where there is none."""
+    directory = Path(directory)
+    if (directory / "config.json").is_file() or not directory.is_dir():
+        return [directory]
+    found = sorted(p for p in directory.iterdir() if (p / "config.json").is_file())
+    if not found:
+        read_run_config(directory)  # raises its one-line error
+    return found
 
 
 def run_status(directory: Path) -> dict[str, Any]:
