@@ -56,7 +56,13 @@ _VALUE_FLAGS: dict[str, tuple[str, type, str]] = {
     "--eval-interval": ("eval_interval", int, "iterations between train/test lines"),
     "--foml-tail": ("foml_tail", int, "FOMAML: shots per class of a separate last batch"),
     "--weight-decay": ("weight_decay", float, "multiply weights by this before each step"),
-    "--seed": ("seed", int, "seed of the split, initialisation and tasks"),
+    "--seed": ("seed", int, "seed of the initialisation, tasks and (unless --split-seed) split"),
+    "--split-seed": (
+        "split_seed",
+        int,
+        "seed of the random class split (Omniglot's reference split, a class-split folder); "
+        "None: --seed, as the reference",
+    ),
     "--checkpoint-every": ("checkpoint_every", int, "iterations between checkpoints"),
     "--keep-checkpoints": ("keep", int, "checkpoints kept on disk"),
     "--chain-workers": (

@@ -40,7 +40,8 @@ def build_sources(config: TrainConfig) -> dict[str, Any]:
     from reptorch.data.tasks import TaskSampler
 
     options = {"allow_partial": True} if config.allow_partial else {}
-    splits = load_splits(config.dataset, config.data_dir, seed=config.seed, **options)
+    seed = config.effective_split_seed
+    splits = load_splits(config.dataset, config.data_dir, seed=seed, **options)
     return {name: TaskSampler(data, config.classes, name=name) for name, data in splits.items()}
 
 
