@@ -7,7 +7,7 @@ import json
 import pytest
 
 from reptorch.cli import main
-from reptorch.run.status import recent_pace, run_status
+from reptorch.run.status import describe_group, recent_pace, run_status
 from tests.helpers import tiny_run
 
 
@@ -53,13 +53,27 @@ def test_status_of_a_directory_of_runs_gives_each_runs(tmp_path, shared_data, ca
     capsys.readouterr()
     assert main(["status", str(group)]) == 0
     out = capsys.readouterr().out
-    blocks = out.strip().split("\n\n")
+    *blocks, total = out.strip().split("\n\n")
     assert [b.split(":")[0] for b in blocks] == [str(group / "g1"), str(group / "sum2")]
     assert all("iteration 2 of 2" in b for b in blocks)
+    assert total == "2 runs: 4 of 4 iterations in all"  # complete: no hours to go
     assert main(["status", str(group), "--json"]) == 0
     statuses = json.loads(capsys.readouterr().out)
     assert [s["run"] for s in statuses] == [str(group / "g1"), str(group / "sum2")]
     assert statuses[1] == run_status(group / "sum2")
+
+
+def test_a_group_adds_the_hours_left_where_every_pace_is_known():
+    runs = [
+        {"checkpoint": 10, "meta_iters": 40, "hours_left": 0.5},
+        {"checkpoint": 40, "meta_iters": 40},  # complete: no pace needed
+        {"checkpoint": 20, "meta_iters": 40, "hours_left": 0.25},
+    ]
+    assert describe_group(runs) == (
+        "3 runs: 70 of 120 iterations in all; ~0.8 h to go at their recent paces, one after another"
+    )
+    del runs[2]["hours_left"]  # one unknown pace: no total
+    assert describe_group(runs) == "3 runs: 70 of 120 iterations in all"
 
 
 def test_status_of_a_directory_without_a_run_is_one_line(tmp_path, capsys):

@@ -7,7 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
-from reptorch.run.status import describe_status, run_status, runs_in
+from reptorch.run.status import describe_group, describe_status, run_status, runs_in
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -36,5 +36,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(statuses[0] if found == [Path(args.run)] else statuses))
         return 0
-    print("\n\n".join("\n".join(describe_status(status)) for status in statuses))
+    blocks = ["\n".join(describe_status(status)) for status in statuses]
+    if found != [Path(args.run)]:
+        blocks.append(describe_group(statuses))
+    print("\n\n".join(blocks))
     return 0

@@ -112,6 +112,18 @@ def run_status(directory: Path) -> dict[str, Any]:
     return status
 
 
+def describe_group(statuses: list[dict[str, Any]]) -> str:
+    """One line for several runs (a directory of runs): how far they are together and, at each
+    one's recent pace, the hours left if they run one after another (where all paces are known)."""
+    done = sum(s["checkpoint"] for s in statuses)
+    total = sum(s["meta_iters"] for s in statuses)
+    line = f"{len(statuses)} runs: {done:,} of {total:,} iterations in all"
+    left = [s.get("hours_left") for s in statuses if s["checkpoint"] < s["meta_iters"]]
+    if left and all(h is not None for h in left):
+        line += f"; ~{sum(left):.1f} h to go at their recent paces, one after another"
+    return line
+
+
 def describe_status(status: dict[str, Any]) -> list[str]:
     """The status as lines for a terminal."""
     s = status
