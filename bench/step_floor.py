@@ -23,6 +23,7 @@ shapes (which fix its float rounding: the slices are the run's trajectory).
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import threading
 import time
@@ -88,7 +89,7 @@ def gemm_flop(gemms) -> float:
     total = 0
     for _, args, _ in gemms:
         a, b = [x[1] for x in args if isinstance(x, tuple) and x and x[0] == "tensor"][-2:]
-        total += 2 * _prod(list(a)) * b[-1]
+        total += 2 * math.prod(a) * b[-1]
     return total
 
 
@@ -167,13 +168,6 @@ def measure(s: Setting, rounds: int) -> dict[str, float]:
     out = {k: statistics.median(v) for k, v in times.items()}
     out.update(workers=workers, images=images, gemms=len(gemms), steps=s.meta_batch * s.inner_iters)
     out["gemm_gflop"] = gemm_flop(gemms) / 1e9
-    return out
-
-
-def _prod(xs: list[int]) -> int:
-    out = 1
-    for x in xs:
-        out *= x
     return out
 
 

@@ -33,11 +33,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     found = runs_in(Path(args.run))
     statuses = [run_status(directory) for directory in found]
+    group = found != [Path(args.run)]  # a directory of runs, not a run
     if args.json:
-        print(json.dumps(statuses[0] if found == [Path(args.run)] else statuses))
+        print(json.dumps(statuses if group else statuses[0]))
         return 0
     blocks = ["\n".join(describe_status(status)) for status in statuses]
-    if found != [Path(args.run)]:
+    if group:
         blocks.append(describe_group(statuses))
     print("\n\n".join(blocks))
     return 0
