@@ -33,7 +33,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from bench.gemm import sgemm_gflops
 from bench.step_profile import kernel_class, step_arguments
-from bench.steps import SETTINGS, Setting, baseline_step, key, reptorch_step
+from bench.steps import SETTINGS, Setting, baseline_step, key, reptorch_step, with_threads
 from reptorch.chain_threads import resolve_chain_workers
 
 aten = torch.ops.aten
@@ -127,18 +127,6 @@ def ms_per_pair(first, second, repeats: int) -> float:
     return 1e3 * (time.perf_counter() - start) / repeats
 
 
-def _one_thread(fn):
-    def run() -> float:
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # as the chain's workers
-        try:
-            return fn()
-        finally:
-            torch.set_num_threads(threads)
-
-    return run
-
-
 def measure(s: Setting, rounds: int) -> dict[str, float]:
     """Median over `rounds` of each measurement, all of them alternating round by round (this
     host's speed drifts by tens of percent within minutes)."""
@@ -153,9 +141,9 @@ def measure(s: Setting, rounds: int) -> dict[str, float]:
     plain = baseline_step(s, torch.device("cpu"))
     per_round = 4 if s.ways == 20 else 10
     runs = {
-        "floor_ms": _one_thread(lambda: ms_per_call(floor, 100)),
-        "step_ms": _one_thread(lambda: ms_per_call(step, 100)),
-        "pair_ms": _one_thread(lambda: ms_per_pair(step, second, 100)),
+        "floor_ms": with_threads(lambda: ms_per_call(floor, 100), 1),
+        "step_ms": with_threads(lambda: ms_per_call(step, 100), 1),
+        "pair_ms": with_threads(lambda: ms_per_pair(step, second, 100), 1),
         "exact_s": lambda: ms_per_call(lambda: exact(0), per_round) / 1e3,
         "plain_s": lambda: ms_per_call(lambda: plain(0), per_round) / 1e3,
     }

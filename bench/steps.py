@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from typing import Any, TypeVar
 
 import torch
 
@@ -25,6 +26,8 @@ from reptorch.meta import MetaLearner
 from reptorch.models import MiniImageNetNet, OmniglotNet
 from reptorch.outer import Interpolation
 from reptorch.run.setup import resolve_kernels
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -121,7 +124,7 @@ def reptorch_step(
     count = batches_for(s)
     xs, ys = synthetic_batches(s, count, device)
     step = partial(_step, learner, xs, ys, count)
-    return _with_threads(step, threads) if mode == "exact" else step
+    return with_threads(step, threads) if mode == "exact" else step
 
 
 def _step(learner: MetaLearner, xs: torch.Tensor, ys: torch.Tensor, count: int, i: int) -> None:
@@ -142,14 +145,14 @@ def key(s: Setting) -> str:
     return "mini" if s.dataset == "miniimagenet" else s.name.split()[-1]
 
 
-def _with_threads(step: Callable[[int], None], threads: int) -> Callable[[int], None]:
-    """`step` with `threads` OpenMP intra-op threads in the calling thread, then put back."""
+def with_threads(fn: Callable[..., T], threads: int) -> Callable[..., T]:
+    """`fn` with `threads` OpenMP intra-op threads in the calling thread, then put back."""
 
-    def run(i: int) -> None:
+    def run(*args: Any) -> T:
         before = torch.get_num_threads()
         torch.set_num_threads(threads)
         try:
-            step(i)
+            return fn(*args)
         finally:
             torch.set_num_threads(before)
 
