@@ -16,7 +16,8 @@ from reptorch.errors import ReptorchError, RunStopped
 
 # Subcommand modules under reptorch.cli, in the order `--help` lists them.
 SUBCOMMANDS: tuple[str, ...] = (
-    "sine", "data", "train", "eval", "status", "plot", "demo", "theory", "gradcomb", "tabular",
+    "sine", "data", "train", "eval", "compare", "status", "plot", "demo", "theory", "gradcomb",
+    "tabular",
 )  # fmt: skip
 
 

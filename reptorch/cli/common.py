@@ -57,7 +57,7 @@ def report(summary: dict[str, Any], path: Path | None) -> None:
     print(describe(summary))
     if path is not None:
         try:
-            atomic_write_json(path, summary)
+            atomic_write_json(path, summary, inline=("task_scores",))
         except OSError as error:  # a read-only run directory still evaluates
             print(f"note: could not save the evaluation in {path}: {error}", file=sys.stderr)
 
@@ -72,7 +72,8 @@ def evaluate_and_report(
 ) -> None:
     """`trainer.evaluate(**request)` in each mode of `modes` (transductive or not; None: the
     run's), from one fine-tuning per task, each reported and saved in the run directory (if
-    any) as `eval_file` names it. Resumable there: the tasks done are kept in its
+    any) as `eval_file` names it, with every task's score (`reptorch compare` pairs two
+    evaluations of the same tasks). Resumable there: the tasks done are kept in its
     `.progress.json` until the result is saved, so that a stopped evaluation continues (one
     process)."""
     c = trainer.config
@@ -86,7 +87,7 @@ def evaluate_and_report(
     writable = all(os.access(path.parent, os.W_OK) for path in paths.values())
     if paths and group.size == 1 and writable:
         resume = {mode: progress_file(path) for mode, path in paths.items()}
-    summaries = trainer.evaluate_modes(chosen, resume_files=resume, **request)
+    summaries = trainer.evaluate_modes(chosen, resume_files=resume, keep_scores=True, **request)
     if group.is_main:
         for mode in chosen:
             report(summaries[mode], paths.get(mode))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import torch
@@ -41,3 +42,12 @@ class ImageClassDataset:
 
     def __len__(self) -> int:
         return self.images.shape[0]
+
+    def classes_digest(self) -> str:
+        """sha256 (16 hex digits) of the class names and sizes, in order: the seeded task list of
+        an evaluation is a function of these and its settings, so two evaluations with equal
+        digests and settings scored the same tasks (`reptorch compare` pairs them)."""
+        digest = hashlib.sha256()
+        for name, size in zip(self.class_names, self.class_sizes.tolist()):
+            digest.update(f"{name}\t{size}\n".encode())
+        return digest.hexdigest()[:16]

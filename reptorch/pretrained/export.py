@@ -124,10 +124,11 @@ def cell_summaries(trainer: Trainer, run: Path, shots: int, tasks: int) -> dict[
     if paths:
         resume = {mode: progress_file(path) for mode, path in paths.items()}
         measured = trainer.evaluate_modes(
-            tuple(paths), num_tasks=tasks, resume_files=resume, shots=shots, progress=False
-        )
+            tuple(paths), num_tasks=tasks, resume_files=resume, shots=shots, progress=False,
+            keep_scores=True,
+        )  # fmt: skip
         for mode, path in paths.items():
-            atomic_write_json(path, measured[mode])
+            atomic_write_json(path, measured[mode], inline=("task_scores",))
             resume[mode].unlink(missing_ok=True)
             summaries[mode] = measured[mode]
     return summaries

@@ -27,5 +27,16 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
-def atomic_write_json(path: Path, value: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(value, indent=2, sort_keys=True) + "\n").encode())
+def atomic_write_json(path: Path, value: Any, inline: tuple[str, ...] = ()) -> None:
+    """`value` as indented JSON; the top-level keys in `inline` (long lists: an evaluation's
+    per-task scores) each on one line, so that the file stays readable and diffs stay short."""
+    shown = dict(value) if inline else value
+    placeholders = {}
+    for key in inline:
+        if key in shown:
+            placeholders[f"@inline:{key}@"] = json.dumps(shown[key], separators=(",", ":"))
+            shown[key] = f"@inline:{key}@"
+    text = json.dumps(shown, indent=2, sort_keys=True)
+    for placeholder, compact in placeholders.items():
+        text = text.replace(json.dumps(placeholder), compact, 1)
+    atomic_write_bytes(path, (text + "\n").encode())
