@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
+import statistics
 
 import pytest
 
 from reptorch.cli import main
-from reptorch.run.status import describe_group, recent_pace, run_status
+from reptorch.run.status import describe_group, interval_windows, recent_pace, run_status
 from tests.helpers import tiny_run
 
 
@@ -16,6 +18,32 @@ def test_the_pace_is_the_last_stretch_since_a_resume():
     seconds = [1.0, 11.0, 21.0, 0.5, 2.5, 4.5]  # resumed at 30, then 0.2 s per iteration
     assert recent_pace(iterations, seconds) == pytest.approx((0.2, 20))
     assert recent_pace([0], [1.0]) is None
+
+
+def test_windows_average_each_iterations_rows_once():
+    """Rows every 10 iterations; the run was resumed at 20 and logged 20 again (the later row
+    counts). Windows of 20 iterations: [0, 20), [20, 40), [40, 60)."""
+    metrics = {
+        "iteration": [0, 10, 20, 30, 20, 30, 40],
+        "train": [0.2, 0.4, 0.0, 0.0, 0.6, 0.8, 1.0],
+        "monitor": [0.0, 0.2, 0.0, 0.0, 0.4, 0.2, 0.6],
+        "inner_loss": [9.0, 7.0, 0.0, 0.0, 5.0, 4.0, 3.0],
+        "meta_step": [1.0, 0.9, 0.8, 0.7, 0.8, 0.7, 0.6],
+    }
+    windows = interval_windows(metrics, 20)
+    assert [(w["first"], w["last_row"], w["rows"]) for w in windows] == [
+        (0, 10, 2),
+        (20, 30, 2),
+        (40, 40, 1),
+    ]
+    second = windows[1]
+    assert second["train"] == pytest.approx(0.7) and second["monitor"] == pytest.approx(0.3)
+    ci = 1.96 * statistics.stdev([0.6, 0.8]) / math.sqrt(2)
+    assert second["train_ci95"] == pytest.approx(ci)
+    assert second["inner_loss"] == pytest.approx(4.5) and second["meta_step"] == [0.8, 0.7]
+    assert windows[2]["train_ci95"] == 0.0  # one row
+    with pytest.raises(ValueError, match="width=0"):
+        interval_windows(metrics, 0)
 
 
 def test_status_of_a_run_with_saved_and_staged_evaluations(tmp_path, shared_data, capsys):
@@ -42,6 +70,12 @@ def test_status_of_a_run_with_saved_and_staged_evaluations(tmp_path, shared_data
     assert "eval-nontransductive-test.json" in out and "3 of 10 tasks done" in out
     assert main(["status", str(run), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["checkpoint"] == 2
+    assert main(["status", str(run), "--windows", "1000"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    header = table.index("iterations | rows | train tasks | test tasks | inner loss | meta step")
+    assert table[header + 1].startswith("0-0 | 1 | ")
+    assert main(["status", str(run), "--windows", "0"]) == 1
+    assert "--windows 0" in capsys.readouterr().err
 
 
 def test_status_of_a_directory_of_runs_gives_each_runs(tmp_path, shared_data, capsys):

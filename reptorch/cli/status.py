@@ -7,6 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
+from reptorch.errors import ConfigError
 from reptorch.run.status import describe_group, describe_status, run_status, runs_in
 
 
@@ -23,6 +24,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "`reptorch gradcomb`'s curves, a folder of runs)",
     )
     parser.add_argument(
+        "--windows",
+        type=int,
+        metavar="N",
+        help="also the interval scores averaged over windows of N iterations, with their 95%% "
+        "intervals: the learning curve as a table",
+    )
+    parser.add_argument(
         "--json",
         action="store_true",
         help="print one JSON object instead (a list of them for a directory of runs)",
@@ -31,8 +39,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.windows is not None and args.windows < 1:
+        raise ConfigError(f"--windows {args.windows}: give a window of at least one iteration")
     found = runs_in(Path(args.run))
-    statuses = [run_status(directory) for directory in found]
+    statuses = [run_status(directory, args.windows) for directory in found]
     group = found != [Path(args.run)]  # a directory of runs, not a run
     if args.json:
         print(json.dumps(statuses if group else statuses[0]))

@@ -2,15 +2,19 @@
 between the working days it takes (or where each run a directory holds stands): its settings,
 how far it is (the newest checkpoint, and the metrics log, which runs up to an interval ahead
 of it), the meta step there, its time so far and lately, the interval scores of late, the
-evaluations saved beside it and the staged ones in progress. Reads only small files: no tensor
-is loaded, no data is needed.
+evaluations saved beside it and the staged ones in progress; on request, the interval scores
+averaged over windows of iterations (`interval_windows`), the learning curve as a table. Reads
+only small files: no tensor is loaded, no data is needed.
 """
 
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from reptorch.config import TrainConfig
 from reptorch.errors import CheckpointError
@@ -19,6 +23,7 @@ from reptorch.run.directory import read_run_config
 from reptorch.run.final_evaluation import MODE_NAMES
 from reptorch.run.metrics_log import read_metrics, training_seconds
 from reptorch.schedule import linear_meta_step
+from reptorch.stats import mean_ci95
 
 RECENT = 100  # interval rows averaged for "of late"
 
@@ -68,8 +73,46 @@ def runs_in(directory: Path) -> list[Path]:
     return found
 
 
-def run_status(directory: Path) -> dict[str, Any]:
-    """The status of the run in `directory` (see module doc), as a JSON-ready dict."""
+def interval_windows(metrics: dict[str, list[float]], width: int) -> list[dict[str, Any]]:
+    """The interval rows of the log grouped by iteration into windows [k * width, (k + 1) *
+    width): per window its rows, the mean training-task and monitored-split scores (each with
+    the 95% interval over the window's rows: one task per row, so the rows are independent),
+    the mean inner loss and the meta step at its first and last row. A resumed run's repeated
+    rows (logged again after its last checkpoint) count once, the later one."""
+    if width < 1:
+        raise ValueError(f"width={width}: give a window of at least one iteration")
+    latest = {int(it): j for j, it in enumerate(metrics["iteration"])}  # the last row per iteration
+    windows: dict[int, list[int]] = {}
+    for iteration, j in sorted(latest.items()):
+        windows.setdefault(iteration // width, []).append(j)
+    rows = []
+    for k, indices in sorted(windows.items()):
+        column = partial(_rows, metrics, indices)
+        train, train_ci = mean_ci95(column("train"))
+        monitor, monitor_ci = mean_ci95(column("monitor"))
+        rows.append(
+            {
+                "first": k * width,
+                "last_row": int(metrics["iteration"][indices[-1]]),
+                "rows": len(indices),
+                "train": train,
+                "train_ci95": train_ci,
+                "monitor": monitor,
+                "monitor_ci95": monitor_ci,
+                "inner_loss": column("inner_loss").mean().item(),
+                "meta_step": [metrics["meta_step"][indices[0]], metrics["meta_step"][indices[-1]]],
+            }
+        )
+    return rows
+
+
+def _rows(metrics: dict[str, list[float]], indices: list[int], name: str) -> torch.Tensor:
+    return torch.tensor([metrics[name][j] for j in indices], dtype=torch.float64)
+
+
+def run_status(directory: Path, windows: int | None = None) -> dict[str, Any]:
+    """The status of the run in `directory` (see module doc), as a JSON-ready dict; with
+    `windows`, also its interval scores over windows of that many iterations."""
     directory = Path(directory)
     config: TrainConfig = read_run_config(directory)
     found = list_checkpoints(directory)
@@ -108,6 +151,8 @@ def run_status(directory: Path) -> dict[str, Any]:
             "train": sum(metrics["train"][-window:]) / window,
             "monitor": sum(metrics["monitor"][-window:]) / window,
         }
+        if windows is not None:
+            status["windows"] = interval_windows(metrics, windows)
     status["evaluations"], status["staged"] = _evaluations(directory)
     return status
 
@@ -160,6 +205,7 @@ def describe_status(status: dict[str, Any]) -> list[str]:
                 f"train {100 * interval['train']:.1f}%, {monitor} {100 * interval['monitor']:.1f}%"
             )
         lines.append(f"interval scores, mean of the last {interval['rows']} rows: {shown}")
+    lines += describe_windows(s)
     for e in s["evaluations"]:
         mode = MODE_NAMES[bool(e["transductive"])]
         value = (
@@ -175,4 +221,24 @@ def describe_status(status: dict[str, Any]) -> list[str]:
     for p in s["staged"]:
         total = f"{p['tasks']:,}" if p["tasks"] else "?"
         lines.append(f"staged evaluation {p['file']}: {p['done']:,} of {total} tasks done")
+    return lines
+
+
+def describe_windows(status: dict[str, Any]) -> list[str]:
+    """The windows of `interval_windows` as a table (none if not asked for)."""
+    if "windows" not in status:
+        return []
+    regression = status["dataset"] == "sine"
+    monitor = status["interval"]["monitor_split"]
+
+    def shown(value: float, ci: float) -> str:
+        return f"{value:.3f} +- {ci:.3f}" if regression else f"{100 * value:.1f} +- {100 * ci:.1f}%"
+
+    lines = [f"iterations | rows | train tasks | {monitor} tasks | inner loss | meta step"]
+    for w in status["windows"]:
+        lines.append(
+            f"{w['first']:,}-{w['last_row']:,} | {w['rows']} | "
+            f"{shown(w['train'], w['train_ci95'])} | {shown(w['monitor'], w['monitor_ci95'])} | "
+            f"{w['inner_loss']:.2f} | {w['meta_step'][0]:.2f}-{w['meta_step'][1]:.2f}"
+        )
     return lines
