@@ -30,6 +30,22 @@ SETTINGS = (
 )  # fmt: skip
 
 
+def paired_files(run_a: Path, run_b: Path) -> list[tuple[Path, Path]]:
+    """The evaluation files two run directories both hold, by name (`eval-<mode>-<split>[-NwKs]
+    .json`: the same cell), in name order; a one-line error if they share none."""
+    names = [
+        {p.name for p in Path(run).glob("eval-*.json") if not p.name.endswith(".progress.json")}
+        for run in (run_a, run_b)
+    ]
+    common = sorted(names[0] & names[1])
+    if not common:
+        raise ConfigError(
+            f"{run_a} and {run_b} hold no evaluation of the same cell (eval-*.json of the same "
+            "name): evaluate both with the same `reptorch eval` flags first"
+        )
+    return [(Path(run_a) / name, Path(run_b) / name) for name in common]
+
+
 def load_evaluation(path: Path) -> dict[str, Any]:
     """A saved evaluation (`reptorch eval`'s eval-*.json) with its per-task scores, or a one-line
     error naming the file and the fix."""

@@ -136,3 +136,34 @@ def test_eval_saves_task_scores_that_compare_pairs(tmp_path, shared_data, capsys
     assert main(["compare", str(kept), files[0]]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("reptorch: error:") and "\n" not in err and "seed 0 vs 1" in err
+
+
+def test_two_runs_compare_cell_by_cell_on_the_same_split_only(tmp_path, shared_data, capsys):
+    """A second training seed reshuffles Omniglot's split (the reference's `--seed`), so its
+    test tasks are other characters and the comparison is refused by the classes' digest;
+    with `--split-seed 0` the runs share the test characters and pair cell by cell."""
+    first = tiny_run(tmp_path / "seed0", shared_data)
+    reshuffled = tiny_run(tmp_path / "seed1", shared_data, "--seed", "1")
+    same_split = tiny_run(tmp_path / "split0", shared_data, "--seed", "1", "--split-seed", "0")
+    for run in (first, reshuffled, same_split):
+        argv = ["eval", "--checkpoint", str(run), "--eval-samples", "5", "--both-modes"]
+        assert main([*argv, "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["compare", str(first), str(reshuffled)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "classes_digest" in err and "\n" not in err
+    assert "eval-nontransductive-test.json vs" in err
+    assert main(["compare", str(first), str(same_split), "--json"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert [r["a_file"].rsplit("/", 1)[1] for r in results] == [
+        "eval-nontransductive-test.json",
+        "eval-transductive-test.json",
+    ]
+    for r in results:
+        a = json.loads((first / r["a_file"].rsplit("/", 1)[1]).read_text())["task_scores"]
+        b = json.loads((same_split / r["b_file"].rsplit("/", 1)[1]).read_text())["task_scores"]
+        assert r["difference"] == pytest.approx(statistics.fmean(y - x for x, y in zip(a, b)))
+        assert "model" in r["settings"]  # another initialisation, the same tasks
+    (tmp_path / "empty").mkdir()
+    assert main(["compare", str(first), str(tmp_path / "empty")]) == 1
+    assert "no evaluation of the same cell" in capsys.readouterr().err
