@@ -160,6 +160,8 @@ def evaluate_run_modes(
             EvalResult(*saved.tensors(), result.metric, saved.seconds)
             for saved, result in zip(staged, results)
         ]
+    # which classes the seeded tasks were drawn from (`reptorch compare` pairs on it)
+    classes_digest = None if c.is_regression else source.dataset.classes_digest()
     summaries = {}
     for j, (mode, mode_spec, result) in enumerate(zip(modes, specs, results)):
         if group.size > 1:
@@ -177,8 +179,8 @@ def evaluate_run_modes(
             eval_inner_state=inner_state,
             tasks_per_second=round(result.scores.numel() / max(result.seconds, 1e-9), 1),
         )
-        if not c.is_regression:  # which classes the seeded tasks were drawn from
-            summary["classes_digest"] = source.dataset.classes_digest()
+        if classes_digest is not None:
+            summary["classes_digest"] = classes_digest
         if len(modes) > 1:  # one fine-tuning per task served every mode in this time
             summary["modes_together"] = [MODE_NAMES[m] for m in modes]
         if staged and len(staged[j].stages) > 1:

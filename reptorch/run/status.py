@@ -10,7 +10,6 @@ only small files: no tensor is loaded, no data is needed.
 from __future__ import annotations
 
 import json
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -85,11 +84,15 @@ def interval_windows(metrics: dict[str, list[float]], width: int) -> list[dict[s
     windows: dict[int, list[int]] = {}
     for iteration, j in sorted(latest.items()):
         windows.setdefault(iteration // width, []).append(j)
+    columns = {
+        name: torch.tensor(metrics[name], dtype=torch.float64)
+        for name in ("train", "monitor", "inner_loss")
+    }
     rows = []
     for k, indices in sorted(windows.items()):
-        column = partial(_rows, metrics, indices)
-        train, train_ci = mean_ci95(column("train"))
-        monitor, monitor_ci = mean_ci95(column("monitor"))
+        picked = {name: values[indices] for name, values in columns.items()}
+        train, train_ci = mean_ci95(picked["train"])
+        monitor, monitor_ci = mean_ci95(picked["monitor"])
         rows.append(
             {
                 "first": k * width,
@@ -99,15 +102,11 @@ def interval_windows(metrics: dict[str, list[float]], width: int) -> list[dict[s
                 "train_ci95": train_ci,
                 "monitor": monitor,
                 "monitor_ci95": monitor_ci,
-                "inner_loss": column("inner_loss").mean().item(),
+                "inner_loss": picked["inner_loss"].mean().item(),
                 "meta_step": [metrics["meta_step"][indices[0]], metrics["meta_step"][indices[-1]]],
             }
         )
     return rows
-
-
-def _rows(metrics: dict[str, list[float]], indices: list[int], name: str) -> torch.Tensor:
-    return torch.tensor([metrics[name][j] for j in indices], dtype=torch.float64)
 
 
 def run_status(directory: Path, windows: int | None = None) -> dict[str, Any]:
