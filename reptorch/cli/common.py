@@ -13,9 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from reptorch import distributed
 from reptorch.chain_threads import cpu_threads
-from reptorch.run.directory import progress_file, run_eval_file
+from reptorch.run.directory import eval_target, progress_file, run_eval_file, save_evaluation
 from reptorch.run.final_evaluation import MODE_NAMES
-from reptorch.run.io import atomic_write_json
 
 if TYPE_CHECKING:
     from reptorch.run.training import Trainer
@@ -53,11 +52,12 @@ def describe(summary: dict[str, Any]) -> str:
 
 
 def report(summary: dict[str, Any], path: Path | None) -> None:
-    """Prints the summary's line and saves it to `path`, if given."""
+    """Prints the summary's line and saves it to `path`, if given (`save_evaluation`: one of
+    an earlier checkpoint there is kept under its `-at<iteration>` name)."""
     print(describe(summary))
     if path is not None:
         try:
-            atomic_write_json(path, summary, inline=("task_scores",))
+            save_evaluation(path, summary)
         except OSError as error:  # a read-only run directory still evaluates
             print(f"note: could not save the evaluation in {path}: {error}", file=sys.stderr)
 
@@ -72,7 +72,8 @@ def evaluate_and_report(
 ) -> None:
     """`trainer.evaluate(**request)` in each mode of `modes` (transductive or not; None: the
     run's), from one fine-tuning per task, each reported and saved in the run directory (if
-    any) as `eval_file` names it, with every task's score (`reptorch compare` pairs two
+    any) as `eval_file` names it (`eval_target`: `-at<iteration>` for a checkpoint older than
+    the one evaluated there last), with every task's score (`reptorch compare` pairs two
     evaluations of the same tasks). Resumable there: the tasks done are kept in its
     `.progress.json` until the result is saved, so that a stopped evaluation continues (one
     process)."""
@@ -82,7 +83,11 @@ def evaluate_and_report(
     paths: dict[bool, Path] = {}
     if directory is not None:
         split = request.get("split", "test")
-        paths = {m: run_eval_file(directory, c, m, split, ways, shots) for m in chosen}
+        iteration = trainer.learner.iteration
+        paths = {
+            m: eval_target(run_eval_file(directory, c, m, split, ways, shots), iteration)
+            for m in chosen
+        }
     resume = None
     writable = all(os.access(path.parent, os.W_OK) for path in paths.values())
     if paths and group.size == 1 and writable:

@@ -14,6 +14,7 @@ from pathlib import Path
 from reptorch import distributed, pretrained
 from reptorch.cli.common import add_dist_timeout, evaluate_and_report, in_group
 from reptorch.config import EVAL_INNER_STATES
+from reptorch.errors import ConfigError
 from reptorch.run.training import load_trainer
 
 
@@ -27,6 +28,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     source.add_argument("--checkpoint", help="run directory of `reptorch train`")
     source.add_argument(
         "--model", help=f"a shipped model: {', '.join(pretrained.names()) or 'none yet'}"
+    )
+    parser.add_argument(
+        "--iteration",
+        type=int,
+        help="with --checkpoint: the kept checkpoint at this iteration (default: the newest); "
+        "its results are saved as eval-...-at<ITERATION>.json when a later one's are there",
     )
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument(
@@ -76,10 +83,12 @@ def run(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace, workers: int, group: distributed.Group) -> int:
     if args.model is not None:  # read-only package data: the result is printed, not saved
+        if args.iteration is not None:
+            raise ConfigError("--iteration is for --checkpoint DIR, not --model: drop it")
         directory, save_to = pretrained.path(args.model), None
     else:
         directory = save_to = Path(args.checkpoint)
-    trainer = load_trainer(directory, args.device, args.data_dir, workers, group)
+    trainer = load_trainer(directory, args.device, args.data_dir, workers, group, args.iteration)
     evaluate_and_report(
         trainer,
         save_to,

@@ -33,7 +33,7 @@ import torch
 from reptorch.errors import CheckpointError, ReptorchError
 from reptorch.pretrained import MODELS_DIR
 from reptorch.run.checkpoint import list_checkpoints, paths
-from reptorch.run.directory import progress_file, run_eval_file
+from reptorch.run.directory import progress_file, run_eval_file, save_evaluation
 from reptorch.run.eval_progress import model_digest
 from reptorch.run.io import atomic_write_json
 from reptorch.run.metrics_log import training_seconds
@@ -128,7 +128,7 @@ def cell_summaries(trainer: Trainer, run: Path, shots: int, tasks: int) -> dict[
             keep_scores=True,
         )  # fmt: skip
         for mode, path in paths.items():
-            atomic_write_json(path, measured[mode], inline=("task_scores",))
+            save_evaluation(path, measured[mode])
             resume[mode].unlink(missing_ok=True)
             summaries[mode] = measured[mode]
     return summaries

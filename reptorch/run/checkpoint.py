@@ -135,6 +135,12 @@ def load_checkpoint(directory: Path, iteration: int | None = None) -> Checkpoint
             )
         iteration = found[-1]
     tensor_path, meta_path = paths(directory, iteration)
+    if not meta_path.exists() and directory.is_dir():
+        kept = ", ".join(f"{i:,}" for i in list_checkpoints(directory)) or "none"
+        raise CheckpointError(
+            f"{directory} holds no checkpoint at iteration {iteration:,} (kept: {kept}): "
+            f"choose one of those"
+        )
     try:
         meta = json.loads(meta_path.read_text())
         if meta.get("format") != FORMAT or meta.get("version") != VERSION:

@@ -7,7 +7,11 @@ directory that holds a run with other settings, naming them.
 from __future__ import annotations
 
 import json
+import os
+import re
+import sys
 from pathlib import Path
+from typing import Any
 
 from reptorch.config import TrainConfig
 from reptorch.errors import CheckpointError, ConfigError
@@ -32,6 +36,50 @@ def run_eval_file(
     not the run's own."""
     own = (ways, shots) == (config.classes, config.shots)
     return eval_file(directory, transductive, split, None if own else (ways, shots))
+
+
+_AT = re.compile(r"-at\d+$")
+
+
+def saved_iteration(path: Path) -> int | None:
+    """The checkpoint iteration of the evaluation saved in `path`, or None (no file, unreadable,
+    or from before evaluations recorded it)."""
+    try:
+        iteration = json.loads(Path(path).read_text()).get("iteration")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return iteration if isinstance(iteration, int) else None
+
+
+def earlier_eval_file(path: Path, iteration: int) -> Path:
+    """`eval-...-at<iteration>.json`: where an evaluation of an earlier checkpoint than the
+    newest one evaluated is kept, beside it (`eval-...json`)."""
+    path = Path(path)
+    return path.with_name(f"{_AT.sub('', path.stem)}-at{iteration}.json")
+
+
+def eval_target(path: Path, iteration: int) -> Path:
+    """Where an evaluation of the checkpoint at `iteration` goes: `path` (the `eval_file`
+    name), unless `path` holds one of a later checkpoint; then `earlier_eval_file`. So the plain
+    name always holds the latest checkpoint evaluated and no evaluation is overwritten by one of
+    another checkpoint."""
+    saved = saved_iteration(path)
+    return earlier_eval_file(path, iteration) if saved is not None and saved > iteration else path
+
+
+def save_evaluation(path: Path, summary: dict[str, Any]) -> Path:
+    """Saves `summary` (with its per-task scores, on one line) where `eval_target` says; an
+    evaluation of an earlier checkpoint already at `path` first moves to its
+    `earlier_eval_file` name (said on stderr). Returns the file written."""
+    iteration = int(summary["iteration"])
+    target = eval_target(path, iteration)
+    saved = saved_iteration(target)
+    if target == Path(path) and saved is not None and saved != iteration:
+        kept = earlier_eval_file(path, saved)
+        os.replace(path, kept)
+        print(f"kept the evaluation of iteration {saved} as {kept}", file=sys.stderr)
+    atomic_write_json(target, summary, inline=("task_scores",))
+    return target
 
 
 def progress_file(path: Path) -> Path:
@@ -88,6 +136,7 @@ def recorded_config(directory: Path | None) -> TrainConfig | None:
     return read_run_config(directory)
 
 
-def read_run(directory: Path) -> tuple[TrainConfig, Checkpoint]:
-    """A run directory's config.json and newest checkpoint (which must exist)."""
-    return read_run_config(directory), load_checkpoint(directory)
+def read_run(directory: Path, iteration: int | None = None) -> tuple[TrainConfig, Checkpoint]:
+    """A run directory's config.json and newest checkpoint (or the one at `iteration`), which
+    must exist."""
+    return read_run_config(directory), load_checkpoint(directory, iteration)

@@ -364,11 +364,13 @@ def load_trainer(
     data_dir: str | None = None,
     workers: int | None = None,
     group: Group = LOCAL,
+    iteration: int | None = None,
 ) -> Trainer:
-    """A `Trainer` rebuilt from a run directory alone: its config.json and newest checkpoint
-    (read by rank 0 and handed to every process)."""
+    """A `Trainer` rebuilt from a run directory alone: its config.json and newest checkpoint,
+    or the one at `iteration` (read by rank 0 and handed to every process)."""
     directory = Path(directory)
-    config, ckpt = group.from_main(partial(read_run, directory), "the run's checkpoint")
+    read = partial(read_run, directory, iteration)
+    config, ckpt = group.from_main(read, "the run's checkpoint")
     if device is None and config.device.startswith("cuda") and not torch.cuda.is_available():
         device = "cpu"  # trained on a GPU, evaluated where there is none
     device = device_for(group, device or config.device)
