@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from io import BytesIO
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -149,9 +151,13 @@ def plot_learning_curve(
     monitor: str = "test",
     metric: str = "accuracy",
     window: int = 100,
+    evaluations: Sequence[dict[str, Any]] = (),
 ) -> None:
     """Train and monitor scores (each one fresh task per logged iteration, smoothed over
-    `window` rows), the meta step and the inner loss, against meta-iterations."""
+    `window` rows), the meta step and the inner loss, against meta-iterations; with the saved
+    evaluations of checkpoints (`run.directory.saved_evaluations` rows: iteration, value, ci95,
+    split, transductive, tasks) as points with their 95% intervals, one series per split and
+    mode, so that a checkpoint's many-task score stands beside the log's one-task rows."""
     x = metrics["iteration"]
     fig, (top, bottom) = plt.subplots(
         2, 1, figsize=(8, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1.3]}
@@ -160,6 +166,7 @@ def plot_learning_curve(
     for column, label, color in (("train", "train", "tab:blue"), ("monitor", monitor, "tab:red")):
         smooth = moving_average([scale * v for v in metrics[column]], window)
         top.plot(x, smooth, color=color, label=f"{label} ({window}-point moving average)")
+    draw_evaluations(top, evaluations, scale)
     top.set_ylabel("accuracy (%)" if metric == "accuracy" else "MSE")
     top.grid(alpha=0.3)
     top.set_title(title)
@@ -179,3 +186,30 @@ def plot_learning_curve(
     fig.savefig(buffer, format="png", dpi=110)
     plt.close(fig)
     atomic_write_bytes(path, buffer.getvalue())
+
+
+_SPLIT_COLORS = {"test": "black", "val": "tab:purple", "train": "tab:cyan"}
+
+
+def draw_evaluations(axes, evaluations: Sequence[dict[str, Any]], scale: float) -> None:
+    """Each (split, mode) of `evaluations` as points with 95% error bars: filled circles for
+    the non-transductive mode, open squares for the transductive one."""
+    series: dict[tuple[str, bool], list[dict[str, Any]]] = {}
+    usable = [r for r in evaluations if None not in (r.get("iteration"), r.get("value"))]
+    for row in sorted(usable, key=lambda r: r["iteration"]):
+        series.setdefault((str(row["split"]), bool(row["transductive"])), []).append(row)
+    for (split, transductive), rows in sorted(series.items()):
+        tasks = {int(r["tasks"]) for r in rows}
+        count = f"{tasks.pop():,}-task" if len(tasks) == 1 else "many-task"
+        axes.errorbar(
+            [r["iteration"] for r in rows],
+            [scale * r["value"] for r in rows],
+            yerr=[scale * (r.get("ci95") or 0.0) for r in rows],
+            color=_SPLIT_COLORS.get(split, "tab:olive"),
+            marker="s" if transductive else "o",
+            markerfacecolor="none" if transductive else None,
+            linestyle="none",
+            capsize=3,
+            label=f"{split}, {'transductive' if transductive else 'non-transductive'} "
+            f"({count} evaluations)",
+        )

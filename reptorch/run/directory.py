@@ -82,6 +82,27 @@ def save_evaluation(path: Path, summary: dict[str, Any]) -> Path:
     return target
 
 
+def saved_evaluations(directory: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The saved evaluations (eval-*.json, every checkpoint's) and the staged ones in progress
+    (*.progress.json), by file name; unreadable files are left out."""
+    saved, staged = [], []
+    for path in sorted(Path(directory).glob("eval-*.json")):
+        try:
+            summary = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if path.name.endswith(".progress.json"):
+            key = summary.get("key", {})
+            done = len(summary.get("scores", []))
+            staged.append({"file": path.name, "done": done, "tasks": key.get("tasks")})
+            continue
+        metric = "accuracy" if "accuracy" in summary else "mse"
+        keys = ("ci95", "tasks", "ways", "shots", "transductive", "split", "iteration")
+        row = {"file": path.name, "metric": metric, "value": summary.get(metric)}
+        saved.append(row | {k: summary.get(k) for k in keys})
+    return saved, staged
+
+
 def progress_file(path: Path) -> Path:
     """Where a staged evaluation saved in `path` keeps its tasks done (`run.eval_progress`)."""
     return path.with_suffix(".progress.json")

@@ -9,7 +9,6 @@ only small files: no tensor is loaded, no data is needed.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ import torch
 from reptorch.config import TrainConfig
 from reptorch.errors import CheckpointError
 from reptorch.run.checkpoint import list_checkpoints
-from reptorch.run.directory import read_run_config
+from reptorch.run.directory import read_run_config, saved_evaluations
 from reptorch.run.final_evaluation import MODE_NAMES
 from reptorch.run.metrics_log import read_metrics, training_seconds
 from reptorch.schedule import linear_meta_step
@@ -37,26 +36,6 @@ def recent_pace(iterations: list[float], seconds: list[float]) -> tuple[float, i
     if done <= 0:
         return None
     return (seconds[-1] - seconds[start]) / done, int(done)
-
-
-def _evaluations(directory: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The saved evaluations (eval-*.json) and the staged ones in progress (*.progress.json)."""
-    saved, staged = [], []
-    for path in sorted(directory.glob("eval-*.json")):
-        try:
-            summary = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if path.name.endswith(".progress.json"):
-            key = summary.get("key", {})
-            done = len(summary.get("scores", []))
-            staged.append({"file": path.name, "done": done, "tasks": key.get("tasks")})
-            continue
-        metric = "accuracy" if "accuracy" in summary else "mse"
-        keys = ("ci95", "tasks", "ways", "shots", "transductive", "split", "iteration")
-        row = {"file": path.name, "metric": metric, "value": summary.get(metric)}
-        saved.append(row | {k: summary.get(k) for k in keys})
-    return saved, staged
 
 
 def runs_in(directory: Path) -> list[Path]:
@@ -152,7 +131,7 @@ def run_status(directory: Path, windows: int | None = None) -> dict[str, Any]:
         }
         if windows is not None:
             status["windows"] = interval_windows(metrics, windows)
-    status["evaluations"], status["staged"] = _evaluations(directory)
+    status["evaluations"], status["staged"] = saved_evaluations(directory)
     return status
 
 
