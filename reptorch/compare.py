@@ -5,13 +5,16 @@ task list (dataset, split classes, seed, ways, shots, queries, number of tasks) 
 tasks, so their difference is paired: d_i = b_i - a_i, reported as mean(d) +- 1.96 sd(d) /
 sqrt(n). Task difficulty is shared by both, so this interval is much narrower than the two
 evaluations' own intervals combined, and it is what tells two checkpoints, two training runs or
-two evaluation modes apart.
+two evaluation modes apart. A run directory's evaluations of one cell at successive checkpoints
+(`eval-...json` and `eval-...-at<N>.json`) form its history: each checkpoint's change from the
+one before.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -138,4 +141,86 @@ def describe_comparison(result: dict[str, Any], name_a: str, name_b: str) -> lis
         if key == "model":
             value_a, value_b = str(value_a)[:12], str(value_b)[:12]
         lines.append(f"differs: {key} {value_a} (A) vs {value_b} (B)")
+    return lines
+
+
+_AT = re.compile(r"-at\d+$")
+
+
+def _summary(path: Path) -> dict[str, Any] | None:
+    """A saved evaluation's summary, per-task scores or not; None for anything else."""
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(summary, dict) or not isinstance(summary.get("iteration"), int):
+        return None
+    return summary if {"accuracy", "mse"} & set(summary) else None
+
+
+def _change(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """after - before: paired where both kept their per-task scores of the same tasks, else
+    unpaired (the two intervals combined); none where they scored different tasks (a field of
+    SAME_TASKS that an older file lacks is not held against it)."""
+    known = [key for key in SAME_TASKS if None not in (before.get(key), after.get(key))]
+    if any(before[key] != after[key] for key in known):
+        return {"kind": "other tasks"}
+    scored = all(isinstance(x.get("task_scores"), list) for x in (before, after))
+    if scored and len(before["task_scores"]) == len(after["task_scores"]) == after.get("tasks"):
+        result = paired_comparison(before, after)
+        return {"kind": "paired", "difference": result["difference"], "ci95": result["ci95"]}
+    metric = "accuracy" if "accuracy" in after else "mse"
+    difference = after[metric] - before[metric]
+    return {
+        "kind": "unpaired",
+        "difference": difference,
+        "ci95": math.hypot(before["ci95"], after["ci95"]),
+    }
+
+
+def run_history(run: Path) -> list[dict[str, Any]]:
+    """Each cell a run directory has evaluated (`eval-<mode>-<split>[-NwKs]`), its evaluations in
+    iteration order, each with its change from the one before (`_change`); cells in name order.
+    A one-line error where the directory holds none."""
+    cells: dict[str, list[dict[str, Any]]] = {}
+    for path in sorted(Path(run).glob("eval-*.json")):
+        summary = None if path.name.endswith(".progress.json") else _summary(path)
+        if summary is not None:
+            cells.setdefault(_AT.sub("", path.stem), []).append(summary | {"file": path.name})
+    if not cells:
+        raise ConfigError(
+            f"{run} holds no saved evaluation (eval-*.json): evaluate it with `reptorch eval "
+            f"--checkpoint {run}` first"
+        )
+    history = []
+    for cell, summaries in sorted(cells.items()):
+        summaries.sort(key=lambda x: x["iteration"])
+        metric = "accuracy" if "accuracy" in summaries[0] else "mse"
+        rows = []
+        for i, summary in enumerate(summaries):
+            row = {"file": summary["file"], "iteration": summary["iteration"]}
+            row |= {"value": summary[metric], "ci95": summary["ci95"], "tasks": summary["tasks"]}
+            row["change"] = _change(summaries[i - 1], summary) if i else None
+            rows.append(row)
+        history.append({"cell": cell, "metric": metric, "rows": rows})
+    return history
+
+
+def describe_history(cell: dict[str, Any]) -> list[str]:
+    """A cell's history as lines: per checkpoint its score and its change from the one before."""
+    scale, unit = (100, "%") if cell["metric"] == "accuracy" else (1, "")
+    digits = 2 if cell["metric"] == "accuracy" else 4
+    lines = [f"{cell['cell']}: {cell['metric']} at each checkpoint evaluated, and the change"]
+    for row in cell["rows"]:
+        line = (
+            f"  {row['iteration']:>9,}  {scale * row['value']:.{digits}f}{unit} +- "
+            f"{scale * row['ci95']:.{digits}f} ({row['tasks']:,} tasks)"
+        )
+        change = row["change"]
+        if change is not None and change["kind"] == "other tasks":
+            line += "  (other tasks: no change measured)"
+        elif change is not None:
+            difference, ci95 = scale * change["difference"], scale * change["ci95"]
+            line += f"  {difference:+.{digits}f} +- {ci95:.{digits}f} {change['kind']}"
+        lines.append(line)
     return lines

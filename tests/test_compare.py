@@ -167,3 +167,54 @@ def test_two_runs_compare_cell_by_cell_on_the_same_split_only(tmp_path, shared_d
     (tmp_path / "empty").mkdir()
     assert main(["compare", str(first), str(tmp_path / "empty")]) == 1
     assert "no evaluation of the same cell" in capsys.readouterr().err
+
+
+def _write(path, summary) -> None:
+    atomic_write_json(path, summary, inline=("task_scores",))
+
+
+def test_a_runs_history_gives_each_checkpoints_change(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    s1 = [0.2, 0.4, 0.0, 0.6, 0.4]
+    s2 = [0.4, 0.4, 0.2, 0.6, 1.0]
+    s3 = [0.6, 0.4, 0.2, 1.0, 0.8]
+    old = _summary(s1, iteration=100, ci95=0.05)
+    del old["task_scores"], old["classes_digest"]  # saved by an older reptorch: unpaired
+    _write(run / "eval-nontransductive-test-at100.json", old)
+    _write(run / "eval-nontransductive-test-at200.json", _summary(s2, iteration=200, ci95=0.07))
+    _write(run / "eval-nontransductive-test.json", _summary(s3, iteration=300))
+    _write(run / "eval-transductive-test.json", _summary(s3[:4], iteration=300))
+    _write(run / "eval-transductive-test-at200.json", _summary(s2, iteration=200))
+    (run / "eval-nontransductive-val.json").write_text("{damaged")  # left out
+    _write(run / "eval-transductive-test.progress.json", {"key": {}, "scores": []})
+    assert main(["compare", str(run), "--json"]) == 0
+    history = {cell["cell"]: cell for cell in json.loads(capsys.readouterr().out)}
+    assert set(history) == {"eval-nontransductive-test", "eval-transductive-test"}
+    rows = history["eval-nontransductive-test"]["rows"]
+    assert [r["iteration"] for r in rows] == [100, 200, 300]
+    assert rows[0]["change"] is None
+    unpaired = rows[1]["change"]
+    assert unpaired["kind"] == "unpaired"
+    assert unpaired["difference"] == pytest.approx(statistics.fmean(s2) - statistics.fmean(s1))
+    assert unpaired["ci95"] == pytest.approx(math.hypot(0.05, 0.07))
+    paired = rows[2]["change"]
+    d = [y - x for x, y in zip(s2, s3)]
+    assert paired["kind"] == "paired"
+    assert paired["difference"] == pytest.approx(statistics.fmean(d), abs=1e-12)
+    assert paired["ci95"] == pytest.approx(1.96 * statistics.stdev(d) / math.sqrt(5), abs=1e-12)
+    other = history["eval-transductive-test"]["rows"][1]["change"]
+    assert other == {"kind": "other tasks"}  # 5 tasks, then 4: nothing to pair
+    assert main(["compare", str(run)]) == 0
+    text = capsys.readouterr().out
+    assert "        200  52.00% +- 7.00 (5 tasks)  +20.00 +- 8.60 unpaired" in text
+    assert "(other tasks: no change measured)" in text
+
+
+def test_a_history_needs_a_run_directory_with_evaluations(tmp_path, capsys):
+    assert main(["compare", str(tmp_path)]) == 1
+    assert "holds no saved evaluation (eval-*.json)" in capsys.readouterr().err
+    single = tmp_path / "eval-nontransductive-test.json"
+    _write(single, _summary([1.0]))
+    assert main(["compare", str(single)]) == 1
+    assert "give a second evaluation file" in capsys.readouterr().err

@@ -1,6 +1,7 @@
 """`reptorch compare A B`: two saved evaluations of the same seeded tasks, task by task
 (`reptorch.compare`): the paired difference of their scores with its 95% interval. Given two
-run directories, every cell both have evaluated (the same file name), in turn."""
+run directories, every cell both have evaluated (the same file name), in turn. Given one run
+directory, each cell's history: every checkpoint evaluated and its change from the one before."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ from pathlib import Path
 
 from reptorch.compare import (
     describe_comparison,
+    describe_history,
     load_evaluation,
     paired_comparison,
     paired_files,
+    run_history,
 )
 from reptorch.errors import ConfigError
 
@@ -32,8 +35,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "b",
         metavar="B",
+        nargs="?",
         help="another evaluation of the same tasks, or a run directory (with A one too: each "
-        "evaluation file both hold)",
+        "evaluation file both hold); left out with a run directory A: each cell's history, "
+        "every checkpoint evaluated (eval-...-at<N>.json) and its change from the one before",
     )
     parser.add_argument(
         "--json",
@@ -44,6 +49,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.b is None:
+        return _history(Path(args.a), args.json)
     a, b = Path(args.a), Path(args.b)
     runs = a.is_dir() and b.is_dir()
     pairs = paired_files(a, b) if runs else [(a, b)]
@@ -59,4 +66,18 @@ def run(args: argparse.Namespace) -> int:
         return 0
     blocks = [describe_comparison(r, r["a_file"], r["b_file"]) for r in results]
     print("\n\n".join("\n".join(block) for block in blocks))
+    return 0
+
+
+def _history(run_dir: Path, as_json: bool) -> int:
+    if not run_dir.is_dir():
+        raise ConfigError(
+            f"{run_dir}: give a second evaluation file to compare with, or a run directory for "
+            "its history"
+        )
+    history = run_history(run_dir)
+    if as_json:
+        print(json.dumps(history))
+        return 0
+    print("\n\n".join("\n".join(describe_history(cell)) for cell in history))
     return 0
