@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from reptorch.errors import ConfigError
+from reptorch.run.directory import eval_cell
 from reptorch.stats import mean_ci95
 
 # What fixes an evaluation's task list: two evaluations agreeing on all of these scored the same
@@ -144,9 +144,6 @@ def describe_comparison(result: dict[str, Any], name_a: str, name_b: str) -> lis
     return lines
 
 
-_AT = re.compile(r"-at\d+$")
-
-
 def _summary(path: Path) -> dict[str, Any] | None:
     """A saved evaluation's summary, per-task scores or not; None for anything else."""
     try:
@@ -186,7 +183,7 @@ def run_history(run: Path) -> list[dict[str, Any]]:
     for path in sorted(Path(run).glob("eval-*.json")):
         summary = None if path.name.endswith(".progress.json") else _summary(path)
         if summary is not None:
-            cells.setdefault(_AT.sub("", path.stem), []).append(summary | {"file": path.name})
+            cells.setdefault(eval_cell(path), []).append(summary | {"file": path.name})
     if not cells:
         raise ConfigError(
             f"{run} holds no saved evaluation (eval-*.json): evaluate it with `reptorch eval "

@@ -51,11 +51,17 @@ def saved_iteration(path: Path) -> int | None:
     return iteration if isinstance(iteration, int) else None
 
 
+def eval_cell(path: Path) -> str:
+    """The cell an evaluation file holds, whichever checkpoint: its name without `.json` and
+    without an `-at<iteration>` tail (`eval-<mode>-<split>[-NwKs]`)."""
+    return _AT.sub("", Path(path).stem)
+
+
 def earlier_eval_file(path: Path, iteration: int) -> Path:
     """`eval-...-at<iteration>.json`: where an evaluation of an earlier checkpoint than the
     newest one evaluated is kept, beside it (`eval-...json`)."""
     path = Path(path)
-    return path.with_name(f"{_AT.sub('', path.stem)}-at{iteration}.json")
+    return path.with_name(f"{eval_cell(path)}-at{iteration}.json")
 
 
 def eval_target(path: Path, iteration: int) -> Path:
