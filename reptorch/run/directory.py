@@ -77,15 +77,15 @@ def save_evaluation(path: Path, summary: dict[str, Any]) -> Path:
     """Saves `summary` (with its per-task scores, on one line) where `eval_target` says; an
     evaluation of an earlier checkpoint already at `path` first moves to its
     `earlier_eval_file` name (said on stderr). Returns the file written."""
-    iteration = int(summary["iteration"])
-    target = eval_target(path, iteration)
-    saved = saved_iteration(target)
-    if target == Path(path) and saved is not None and saved != iteration:
+    iteration, saved = int(summary["iteration"]), saved_iteration(path)
+    if saved is not None and saved > iteration:
+        path = earlier_eval_file(path, iteration)
+    elif saved is not None and saved != iteration:
         kept = earlier_eval_file(path, saved)
         os.replace(path, kept)
         print(f"kept the evaluation of iteration {saved} as {kept}", file=sys.stderr)
-    atomic_write_json(target, summary, inline=("task_scores",))
-    return target
+    atomic_write_json(path, summary, inline=("task_scores",))
+    return Path(path)
 
 
 def saved_evaluations(directory: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
