@@ -218,3 +218,5 @@ def test_a_history_needs_a_run_directory_with_evaluations(tmp_path, capsys):
     _write(single, _summary([1.0]))
     assert main(["compare", str(single)]) == 1
     assert "give a second evaluation file" in capsys.readouterr().err
+    assert main(["compare", str(tmp_path / "missing")]) == 1
+    assert f"{tmp_path / 'missing'} not found: give a run directory" in capsys.readouterr().err

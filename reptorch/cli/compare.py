@@ -70,6 +70,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _history(run_dir: Path, as_json: bool) -> int:
+    if not run_dir.exists():
+        raise ConfigError(f"{run_dir} not found: give a run directory or two evaluation files")
     if not run_dir.is_dir():
         raise ConfigError(
             f"{run_dir}: give a second evaluation file to compare with, or a run directory for "
