@@ -138,3 +138,34 @@ def test_a_closed_pipe_is_not_an_error(tmp_path, shared_data):
     reader.stdin.close()
     assert writer.returncode == 0, writer.stderr
     assert "Traceback" not in writer.stderr and "BrokenPipe" not in writer.stderr
+
+
+def test_status_shows_each_cells_latest_evaluation_and_counts_the_earlier_ones(
+    tmp_path, shared_data, capsys
+):
+    """Three checkpoints of one cell evaluated (their iterations written into the files: 9, 10,
+    12), named as `save_evaluation` names them; their text order (-at10 before -at9) is not their
+    checkpoint order, which the rows follow."""
+    run = tiny_run(tmp_path / "run", shared_data)
+    assert main(["eval", "--checkpoint", str(run), "--eval-samples", "3", "--no-progress"]) == 0
+    plain = run / "eval-nontransductive-test.json"
+    summary = json.loads(plain.read_text())
+    plain.write_text(json.dumps(summary | {"iteration": 12}))
+    for iteration in (9, 10):
+        earlier = summary | {"iteration": iteration, "accuracy": iteration / 100}
+        (run / f"eval-nontransductive-test-at{iteration}.json").write_text(json.dumps(earlier))
+    capsys.readouterr()
+
+    rows = run_status(run)["evaluations"]
+    assert [(r["cell"], r["iteration"]) for r in rows] == [
+        ("eval-nontransductive-test", 9),
+        ("eval-nontransductive-test", 10),
+        ("eval-nontransductive-test", 12),
+    ]
+    assert main(["status", str(run)]) == 0
+    out = capsys.readouterr().out
+    shown = [line for line in out.splitlines() if line.startswith("evaluation ")]
+    assert len(shown) == 1 and "eval-nontransductive-test.json" in shown[0]
+    assert "at iteration 12" in shown[0]
+    earlier = "and 2 evaluation(s) of earlier checkpoints (eval-...-at<N>.json)"
+    assert f"{earlier}: `reptorch compare {run}` lists each cell's history" in out

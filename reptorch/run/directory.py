@@ -89,8 +89,9 @@ def save_evaluation(path: Path, summary: dict[str, Any]) -> Path:
 
 
 def saved_evaluations(directory: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The saved evaluations (eval-*.json, every checkpoint's) and the staged ones in progress
-    (*.progress.json), by file name; unreadable files are left out."""
+    """The saved evaluations (eval-*.json, every checkpoint's) by cell (`eval_cell`), each
+    cell's in checkpoint order, and the staged ones in progress (*.progress.json); unreadable
+    files are left out."""
     saved, staged = [], []
     for path in sorted(Path(directory).glob("eval-*.json")):
         try:
@@ -104,8 +105,9 @@ def saved_evaluations(directory: Path) -> tuple[list[dict[str, Any]], list[dict[
             continue
         metric = "accuracy" if "accuracy" in summary else "mse"
         keys = ("ci95", "tasks", "ways", "shots", "transductive", "split", "iteration")
-        row = {"file": path.name, "metric": metric, "value": summary.get(metric)}
-        saved.append(row | {k: summary.get(k) for k in keys})
+        row = {"file": path.name, "cell": eval_cell(path), "metric": metric}
+        saved.append(row | {"value": summary.get(metric)} | {k: summary.get(k) for k in keys})
+    saved.sort(key=lambda row: (row["cell"], row["iteration"] or 0))
     return saved, staged
 
 

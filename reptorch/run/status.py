@@ -184,7 +184,19 @@ def describe_status(status: dict[str, Any]) -> list[str]:
             )
         lines.append(f"interval scores, mean of the last {interval['rows']} rows: {shown}")
     lines += describe_windows(s)
-    for e in s["evaluations"]:
+    lines += _describe_evaluations(s)
+    for p in s["staged"]:
+        total = f"{p['tasks']:,}" if p["tasks"] else "?"
+        lines.append(f"staged evaluation {p['file']}: {p['done']:,} of {total} tasks done")
+    return lines
+
+
+def _describe_evaluations(s: dict[str, Any]) -> list[str]:
+    """Each cell's latest saved evaluation, a line each, then how many earlier checkpoints'
+    evaluations the run keeps (all of them are in the JSON; `reptorch compare RUN` lists them)."""
+    latest = {e["cell"]: e for e in s["evaluations"]}  # each cell's rows in checkpoint order
+    lines = []
+    for e in latest.values():
         mode = MODE_NAMES[bool(e["transductive"])]
         value = (
             f"{100 * e['value']:.2f} +- {100 * (e['ci95'] or 0):.2f}%"
@@ -196,9 +208,12 @@ def describe_status(status: dict[str, Any]) -> list[str]:
             f"evaluation {e['file']}: {value} on {e['tasks']:,} tasks ({e['ways']}-way "
             f"{e['shots']}-shot, {mode}, {e['split']}), at iteration {e['iteration']:,}{stale}"
         )
-    for p in s["staged"]:
-        total = f"{p['tasks']:,}" if p["tasks"] else "?"
-        lines.append(f"staged evaluation {p['file']}: {p['done']:,} of {total} tasks done")
+    earlier = len(s["evaluations"]) - len(latest)
+    if earlier:
+        lines.append(
+            f"and {earlier} evaluation(s) of earlier checkpoints (eval-...-at<N>.json): "
+            f"`reptorch compare {s['run']}` lists each cell's history"
+        )
     return lines
 
 
