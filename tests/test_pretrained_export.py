@@ -49,7 +49,9 @@ def test_export_writes_the_card_and_reuses_the_runs_cells(run, tmp_path, monkeyp
     assert all(r["tasks"] == 4 and len(r["check"]["task_scores"]) == 2 for r in cells.values())
     saved = json.loads((run / "eval-transductive-test-3w5s.json").read_text())
     assert saved["accuracy"] == cells[5, True]["accuracy"] and saved["tasks"] == 4
-    assert "Reptile on Omniglot, 3-way" in (tmp_path / "models" / "tiny" / "README.md").read_text()
+    readme = (tmp_path / "models" / "tiny" / "README.md").read_text()
+    assert "Reptile on Omniglot, 3-way" in readme
+    assert "semantics), seed 0, the Omniglot reference split (split seed 0). " in readme
 
     calls.clear()
     assert export.main([str(run), "--name", "tiny", "--tasks", "4", "--check-tasks", "2"]) == 0
@@ -76,3 +78,15 @@ def test_cells_saved_before_the_kernels_field_count_as_atens(
     calls.clear()
     assert export.main(command) == 0
     assert calls == [((False, True), 2)] * 2  # the four cells reused, only the checks run
+
+
+def test_the_card_names_a_split_seed_only_where_the_split_is_drawn_from_one():
+    """Omniglot's split comes from `--split-seed`, else `--seed` (the reference's); Ravi &
+    Larochelle's Mini-ImageNet split is fixed, whatever the seed."""
+    assert export._split_seed({"dataset": "omniglot", "seed": 1, "split_seed": None}) == (
+        " (split seed 1)"
+    )
+    assert export._split_seed({"dataset": "omniglot", "seed": 1, "split_seed": 0}) == (
+        " (split seed 0)"
+    )
+    assert export._split_seed({"dataset": "miniimagenet", "seed": 0, "split_seed": None}) == ""

@@ -60,6 +60,7 @@ DATASET_TEXT = {  # (name, split) for the card
     "omniglot": ("Omniglot", "the Omniglot reference split"),
     "miniimagenet": ("Mini-ImageNet", "Ravi & Larochelle's split"),
 }
+SEEDED_SPLITS = {"omniglot"}  # split drawn from a seed (the reference's); others are fixed
 CELLS = [(1, False), (5, False), (1, True), (5, True)]
 
 
@@ -167,6 +168,15 @@ def evaluate_cells(
     return [rows[cell] for cell in CELLS]
 
 
+def _split_seed(config: dict[str, Any]) -> str:
+    """' (split seed S)' where the dataset's split is drawn from a seed (`--split-seed`, else
+    `--seed`, as the reference), '' where it is fixed (Ravi & Larochelle's)."""
+    if config["dataset"] not in SEEDED_SPLITS:
+        return ""
+    split_seed = config.get("split_seed")
+    return f" (split seed {config['seed'] if split_seed is None else split_seed})"
+
+
 def card_markdown(card: dict[str, Any]) -> str:
     c = card["config"]
     ways = c["classes"]
@@ -190,7 +200,8 @@ def card_markdown(card: dict[str, Any]) -> str:
         f"inner batch {c['inner_batch']}, {c['inner_iters']} inner Adam steps (beta1 = 0) at lr "
         f"{c['learning_rate']}, meta-batch {c['meta_batch']}, meta step {c['meta_step']} -> "
         f"{c['meta_step_final']}, loss reduction {c['loss_reduction']}, inner state "
-        f"{c['inner_state']}, {c['parallel']} semantics), {split} (seed {c['seed']}). "
+        f"{c['inner_state']}, {c['parallel']} semantics), seed {c['seed']}, {split}"
+        f"{_split_seed(c)}. "
         f"Evaluation: {c['eval_iters']} steps of the paper's batch for the shots (the table) "
         "from the carried Adam state, test split, seeded tasks (seed 0), mean +- 1.96 sd / "
         "sqrt(n).",
