@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from reptorch.config import TrainConfig
 from reptorch.errors import CheckpointError, ReptorchError
 from reptorch.pretrained import MODELS_DIR
 from reptorch.run.checkpoint import list_checkpoints, paths
@@ -173,8 +174,7 @@ def _split_seed(config: dict[str, Any]) -> str:
     `--seed`, as the reference), '' where it is fixed (Ravi & Larochelle's)."""
     if config["dataset"] not in SEEDED_SPLITS:
         return ""
-    split_seed = config.get("split_seed")
-    return f" (split seed {config['seed'] if split_seed is None else split_seed})"
+    return f" (split seed {TrainConfig.from_saved(config).effective_split_seed})"
 
 
 def card_markdown(card: dict[str, Any]) -> str:
