@@ -25,6 +25,10 @@ LONG_TIER: dict[str, tuple[str, ...] | None] = {
         "test_both_modes_at_once_reproduce_the_cards_per_task_scores",
         "test_eval_cli_with_model_prints_the_cards_figure",
     ),
+    "test_pretrained_miniimagenet.py": (  # the full set's 100 tasks per cell
+        "test_evaluation_reproduces_the_cards_per_task_scores",
+        "test_eval_cli_with_model_prints_the_cards_figure",
+    ),
     "test_resume.py": ("test_sigkill_and_resume_is_bit_identical",),
     "test_demo_render.py": ("test_rendered_strokes_look_like_the_official_images",),
     "test_demo_server.py": (

@@ -6,6 +6,7 @@ import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import pytest
 import torch
 from torch import nn
 
@@ -114,3 +115,28 @@ class LoopbackServer:
     def close(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def assert_shipped_model_is_whole(model, max_bytes: int) -> None:
+    """A shipped model's invariants: the carried inner Adam state of its whole training
+    (step = iterations x meta-batch x inner steps), finite weights, the card's iteration, size."""
+    from reptorch.inner_optim import AdamState
+
+    c = model.config
+    assert isinstance(model.inner_state, AdamState)
+    assert model.inner_state.step == model.iteration * c.meta_batch * c.inner_iters > 0
+    assert model.card["iterations"] == model.iteration
+    assert all(torch.isfinite(v).all() for v in model.phi.values())
+    assert sum(p.stat().st_size for p in model.directory.iterdir()) < max_bytes
+
+
+def assert_both_modes_reproduce_the_card(model, trainer, shots: int) -> None:
+    """`evaluate_modes` on the card's check tasks gives its per-task scores, task for task."""
+    rows = {r["transductive"]: r["check"] for r in model.card["results"] if r["shots"] == shots}
+    tasks, seed = rows[False]["tasks"], rows[False]["seed"]
+    both = trainer.evaluate_modes(
+        (False, True), num_tasks=tasks, seed=seed, shots=shots, keep_scores=True, progress=False
+    )
+    for mode in (False, True):
+        assert both[mode]["task_scores"] == rows[mode]["task_scores"]
+        assert both[mode]["accuracy"] == pytest.approx(rows[mode]["accuracy"], abs=1e-12)

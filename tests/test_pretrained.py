@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from reptorch import pretrained
 from reptorch.cli import main
 from reptorch.errors import ConfigError
-from reptorch.inner_optim import AdamState
+
+from .helpers import assert_both_modes_reproduce_the_card, assert_shipped_model_is_whole
 
 NAME = "omniglot-5way"
 
@@ -25,12 +25,7 @@ def test_the_5way_model_ships_and_loads_without_data():
     )  # fmt: skip
     assert (c.loss_reduction, c.parallel, c.inner_state) == ("sum", "loop", "carry")
     assert model.phi["classifier.weight"].shape == (5, 256)
-    assert isinstance(model.inner_state, AdamState) and model.inner_state.step > 0
-    assert model.inner_state.step == model.iteration * c.meta_batch * c.inner_iters
-    assert model.card["iterations"] == model.iteration
-    assert all(torch.isfinite(v).all() for v in model.phi.values())
-    size = sum(p.stat().st_size for p in model.directory.iterdir())
-    assert size < 2_000_000
+    assert_shipped_model_is_whole(model, max_bytes=2_000_000)
 
 
 def test_unknown_model_lists_the_shipped_ones(capsys):
@@ -69,14 +64,7 @@ def test_evaluation_reproduces_the_cards_per_task_scores(trainer, shots, transdu
 def test_both_modes_at_once_reproduce_the_cards_per_task_scores(trainer, shots):
     """The card's checks were measured one mode at a time; one fine-tuning per task for both
     gives the same scores, task for task."""
-    card = pretrained.load(NAME).card
-    rows = {r["transductive"]: r["check"] for r in card["results"] if r["shots"] == shots}
-    tasks, seed = rows[False]["tasks"], rows[False]["seed"]
-    both = trainer.evaluate_modes(
-        (False, True), num_tasks=tasks, seed=seed, shots=shots, keep_scores=True, progress=False
-    )
-    for mode in (False, True):
-        assert both[mode]["task_scores"] == rows[mode]["task_scores"]
+    assert_both_modes_reproduce_the_card(pretrained.load(NAME), trainer, shots)
 
 
 def test_eval_cli_with_model_prints_the_cards_figure(shared_data, capsys):
