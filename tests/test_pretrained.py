@@ -36,6 +36,27 @@ def test_unknown_model_lists_the_shipped_ones(capsys):
     assert "no shipped model 'nope'" in err and NAME in err and len(err.splitlines()) == 1
 
 
+def test_a_shipped_model_reads_the_users_data_root_not_the_training_machines(
+    shared_data, tmp_path, monkeypatch, capsys
+):
+    """Without --data-dir, `--model` looks in $REPTORCH_DATA (then ~/.cache/reptorch), as every
+    command does; the config's data_dir ("../shared/data", relative) is the training machine's."""
+    monkeypatch.chdir(tmp_path)  # where the config's relative path holds nothing
+    monkeypatch.setenv("REPTORCH_DATA", str(shared_data))
+    argv = ["eval", "--model", NAME, "--eval-samples", "2", "--no-progress", "--json"]
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["tasks"] == 2
+    assert pretrained.load(NAME).trainer().config.data_dir == str(shared_data)
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "shared" / "data").symlink_to(shared_data)
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")  # where the config's ../shared/data holds the data
+    monkeypatch.setenv("REPTORCH_DATA", str(tmp_path / "elsewhere"))
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert str(tmp_path / "elsewhere") in err and len(err.splitlines()) == 1
+
+
 @pytest.fixture(scope="module")
 def trainer(shared_data):
     return pretrained.load(NAME).trainer(str(shared_data))

@@ -86,9 +86,11 @@ def _evaluate(args: argparse.Namespace, workers: int, group: distributed.Group) 
         if args.iteration is not None:
             raise ConfigError("--iteration is for --checkpoint DIR, not --model: drop it")
         directory, save_to = pretrained.path(args.model), None
+        data_dir = pretrained.data_root(args.data_dir)
     else:
         directory = save_to = Path(args.checkpoint)
-    trainer = load_trainer(directory, args.device, args.data_dir, workers, group, args.iteration)
+        data_dir = args.data_dir  # else the run's own, as training read it
+    trainer = load_trainer(directory, args.device, data_dir, workers, group, args.iteration)
     evaluate_and_report(
         trainer,
         save_to,

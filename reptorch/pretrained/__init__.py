@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from reptorch.config import TrainConfig
+from reptorch.data.roots import resolve_data_root
 from reptorch.errors import CheckpointError, ConfigError
 from reptorch.run.checkpoint import Checkpoint, load_checkpoint
 from reptorch.tree import Params
@@ -50,10 +51,18 @@ class TrainedModel:
         return self.checkpoint.iteration
 
     def trainer(self, data_dir: str | None = None, device: str | None = None, workers=None):
-        """A `reptorch.run.training.Trainer` holding this model, for evaluation on the dataset."""
+        """A `reptorch.run.training.Trainer` holding this model, for evaluation on the dataset
+        under `data_root(data_dir)`."""
         from reptorch.run.training import load_trainer  # the data path: only when evaluating
 
-        return load_trainer(self.directory, device, data_dir, workers)
+        return load_trainer(self.directory, device, data_root(data_dir), workers)
+
+
+def data_root(data_dir: str | None) -> str:
+    """Where a shipped model reads its dataset: `data_dir`, else `$REPTORCH_DATA`, else
+    `~/.cache/reptorch`, as every command. Never its config's `data_dir`, which names the
+    training machine's folder (a relative one, even, resolved against the caller's cwd)."""
+    return str(resolve_data_root(data_dir))
 
 
 def names() -> list[str]:
